@@ -1,0 +1,59 @@
+"""durably: embeddable durable execution. Completed steps never run twice.
+
+Layering (lower modules never import higher ones; tests/test_layering.py enforces it)::
+
+    _errors -> _records -> _codec / _ids / _retry -> _storage/* -> _core -> _runtime / _aio
+            -> testing
+
+This module only re-exports the public names.
+"""
+
+from ._codec import Codec as Codec
+from ._codec import JsonCodec as JsonCodec
+from ._codec import PickleCodec as PickleCodec
+from ._errors import ConfigurationError as ConfigurationError
+from ._errors import DurableError as DurableError
+from ._errors import HandlerNotFoundError as HandlerNotFoundError
+from ._errors import NonRetryableError as NonRetryableError
+from ._errors import RetryAfterError as RetryAfterError
+from ._errors import SerializationError as SerializationError
+from ._errors import StepInterruptedError as StepInterruptedError
+from ._errors import StepTimeoutError as StepTimeoutError
+from ._errors import StorageError as StorageError
+from ._errors import WorkflowStepError as WorkflowStepError
+from ._records import ErrorInfo as ErrorInfo
+from ._records import Pipeline as Pipeline
+from ._records import StepContext as StepContext
+from ._records import StepRecord as StepRecord
+from ._records import StepStatus as StepStatus
+from ._retry import RetryPolicy as RetryPolicy
+from ._storage import InMemoryStepStorage as InMemoryStepStorage
+from ._storage import SqliteStepStorage as SqliteStepStorage
+from ._storage import StepStorage as StepStorage
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Codec",
+    "ConfigurationError",
+    "DurableError",
+    "ErrorInfo",
+    "HandlerNotFoundError",
+    "InMemoryStepStorage",
+    "JsonCodec",
+    "NonRetryableError",
+    "PickleCodec",
+    "Pipeline",
+    "RetryAfterError",
+    "RetryPolicy",
+    "SerializationError",
+    "SqliteStepStorage",
+    "StepContext",
+    "StepInterruptedError",
+    "StepRecord",
+    "StepStatus",
+    "StepStorage",
+    "StepTimeoutError",
+    "StorageError",
+    "WorkflowStepError",
+]

@@ -1,0 +1,218 @@
+"""The exception tree of durably.
+
+Everything durably raises on purpose derives from :class:`DurableError`::
+
+    Exception
+    └── DurableError
+        ├── ConfigurationError      (also a ValueError)   bad policy, option or registration
+        ├── HandlerNotFoundError    (also a LookupError)  no handler for an action; never retried
+        ├── SerializationError      (also a TypeError)    a value the codec cannot encode/hash
+        ├── StorageError                                  the store failed, is corrupt or unusable
+        ├── WorkflowStepError                             a durable step gave up (attempts used up,
+        │                                                 non-retryable error, interrupted)
+        ├── NonRetryableError                             raise it (or subclass it) in a handler
+        │                                                 to stop retrying at once
+        ├── RetryAfterError                               raise it in a handler to ask for a wait
+        ├── StepTimeoutError        (also a TimeoutError) an attempt passed its policy's timeout
+        └── StepInterruptedError                          an attempt was cut off (crash, kill) and
+                                                          was the last one its budget allowed
+
+This module imports nothing from the package: it is the bottom layer.
+
+Every error keeps its structured attributes through ``pickle`` (errors cross process
+boundaries in multiprocessing pools and in logs): :meth:`DurableError.__reduce__` rebuilds the
+instance without calling ``__init__`` and restores its ``__dict__``, so subclasses with their
+own constructors stay picklable too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ConfigurationError",
+    "DurableError",
+    "HandlerNotFoundError",
+    "NonRetryableError",
+    "RetryAfterError",
+    "SerializationError",
+    "StepInterruptedError",
+    "StepTimeoutError",
+    "StorageError",
+    "WorkflowStepError",
+]
+
+
+def _rebuild(cls: type[DurableError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    error = cls.__new__(cls, *args)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
+
+class DurableError(Exception):
+    """Base class of every error durably raises on purpose."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
+
+
+class ConfigurationError(DurableError, ValueError):
+    """An invalid option: a retry policy field, a storage setting, a registration.
+
+    Attributes:
+        field: the name of the offending option, or ``None`` when it is not a single field.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class HandlerNotFoundError(DurableError, LookupError):
+    """No handler is registered for an action. Raised before anything runs or is recorded.
+
+    Attributes:
+        action: the action name that was looked up.
+    """
+
+    def __init__(self, action: str, message: str | None = None) -> None:
+        super().__init__(message or f"no handler registered for action {action!r}")
+        self.action = action
+
+
+class SerializationError(DurableError, TypeError):
+    """A value cannot be encoded by the codec, or cannot be hashed into a step id.
+
+    Attributes:
+        type_name: the qualified name of the offending value's type.
+        path: where the value sits inside what was encoded, e.g. ``args[0]["items"][2]``.
+        step_id: the step the value belongs to, when known.
+        reason: what was wrong, in words.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        type_name: str = "",
+        path: str = "",
+        step_id: str | None = None,
+    ) -> None:
+        self.reason = reason
+        self.type_name = type_name
+        self.path = path
+        self.step_id = step_id
+        super().__init__(self._describe())
+
+    def _describe(self) -> str:
+        text = self.reason
+        if self.path:
+            text += f" at {self.path}"
+        if self.step_id:
+            text += f" (step {self.step_id})"
+        return text
+
+    def for_step(self, step_id: str) -> SerializationError:
+        """Return a copy of this error that also names ``step_id``."""
+        return SerializationError(
+            self.reason, type_name=self.type_name, path=self.path, step_id=step_id
+        )
+
+
+class StorageError(DurableError):
+    """The store failed or holds something it cannot give back.
+
+    Attributes:
+        path: the database path (or another description of the store), when known.
+        step_id: the step being read or written, when known.
+    """
+
+    def __init__(
+        self, message: str, *, path: str | None = None, step_id: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.path = path
+        self.step_id = step_id
+
+
+class WorkflowStepError(DurableError):
+    """A durable step gave up: its attempts are used up or its error is not retryable.
+
+    Raised by ``do`` and chained (``raise ... from``) to the last cause.
+
+    Attributes:
+        step_id: the step that failed.
+        action: the action the step ran.
+        attempts: how many attempts the budget used, interrupted ones included.
+        cause: the last exception (also available as ``__cause__``).
+    """
+
+    def __init__(
+        self,
+        step_id: str,
+        *,
+        attempts: int,
+        cause: BaseException | None,
+        action: str = "",
+        reason: str = "",
+    ) -> None:
+        what = f"step {step_id}" + (f" ({action})" if action else "")
+        why = reason or f"failed after {attempts} attempt{'s' if attempts != 1 else ''}"
+        last = f": {type(cause).__name__}: {cause}" if cause is not None else ""
+        super().__init__(f"{what} {why}{last}")
+        self.step_id = step_id
+        self.action = action
+        self.attempts = attempts
+        self.cause = cause
+
+
+class NonRetryableError(DurableError):
+    """Raise this (or a subclass) from a handler to fail the step without further attempts."""
+
+
+class RetryAfterError(DurableError):
+    """Raise this from a handler to ask for a specific wait before the next attempt.
+
+    The wait has no jitter, is capped at the policy's ``max_delay``, and a negative delay counts
+    as zero. It is retried whatever the policy's ``retry_if`` says, while attempts remain.
+
+    Attributes:
+        delay: the requested wait in seconds.
+    """
+
+    def __init__(self, delay: float, message: str | None = None) -> None:
+        super().__init__(message or f"retry requested after {delay} s")
+        self.delay = delay
+
+
+class StepTimeoutError(DurableError, TimeoutError):
+    """An attempt ran past its policy's ``timeout``. Retryable like any other failure.
+
+    Attributes:
+        step_id: the step whose attempt timed out.
+        timeout: the limit in seconds.
+    """
+
+    def __init__(self, step_id: str, timeout: float) -> None:
+        super().__init__(f"attempt of step {step_id} timed out after {timeout} s")
+        self.step_id = step_id
+        self.timeout = timeout
+
+
+class StepInterruptedError(DurableError):
+    """The last attempt of a step's budget was interrupted (the process died or was stopped).
+
+    Recorded as the step's error, and the cause of the :class:`WorkflowStepError` raised.
+
+    Attributes:
+        step_id: the interrupted step.
+        attempts: the attempts its budget used.
+    """
+
+    def __init__(self, step_id: str, attempts: int) -> None:
+        super().__init__(
+            f"step {step_id} was interrupted during attempt {attempts}, its last allowed attempt"
+        )
+        self.step_id = step_id
+        self.attempts = attempts

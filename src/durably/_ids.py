@@ -1,0 +1,82 @@
+"""Step identity: a step id is a pure function of what the call means.
+
+    step_id = "s1_" + sha256(canonical_json([workflow_id, parent, action, context, args]))[:32]
+              + ("" if n == 0 else f"#{n}")
+
+``n`` counts earlier calls with the same hash in the same scope (see :class:`CallCounter`), so a
+workflow that makes the same call twice gets two steps, and a re-run recreates the same two ids.
+The ``s1_`` prefix versions the scheme; golden tests pin it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from ._codec import canonical_json, dump_canonical, to_tagged
+
+__all__ = ["SCHEME_PREFIX", "CallCounter", "call_hash", "idempotency_key", "numbered"]
+
+SCHEME_PREFIX = "s1_"
+
+
+def call_hash(
+    workflow_id: str, parent: str | None, action: str, context: Any, args: Sequence[Any]
+) -> str:
+    """Return the hash of one call (the step id before any ``#n`` suffix).
+
+    Raises:
+        SerializationError: ``context`` or ``args`` cannot be hashed; the error's path starts
+            with ``context`` or ``args``.
+    """
+    tagged = [
+        workflow_id,
+        parent,
+        action,
+        to_tagged(context, canonical=True, root="context"),
+        to_tagged(list(args), canonical=True, root="args"),
+    ]
+    text = dump_canonical(tagged)
+    # surrogatepass: a lone surrogate in a str is legal Python; it must hash, not crash.
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return SCHEME_PREFIX + digest[:32]
+
+
+def numbered(base: str, n: int) -> str:
+    """Return the id of the ``n``-th (0-based) call with hash ``base`` in its scope."""
+    return base if n == 0 else f"{base}#{n}"
+
+
+def idempotency_key(workflow_id: str, step_id: str) -> str:
+    """Return the key a handler hands to services that de-duplicate requests.
+
+    Stable across retries, crashes and processes, and distinct across workflows even when a
+    caller chooses the same explicit ``step_id`` in two of them.
+    """
+    text = canonical_json([workflow_id, step_id])
+    return "idem_" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+class CallCounter:
+    """Counts calls per hash within one scope, to number identical calls ``#1``, ``#2``...
+
+    Thread-safe: two threads never receive the same number for one hash.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def next_id(self, base: str) -> str:
+        """Return the id for the next call with hash ``base`` in this scope."""
+        with self._lock:
+            n = self._seen.get(base, 0)
+            self._seen[base] = n + 1
+        return numbered(base, n)
+
+    def reset(self) -> None:
+        """Forget every count (a parent's new attempt starts numbering afresh)."""
+        with self._lock:
+            self._seen.clear()

@@ -1,0 +1,151 @@
+"""Plain values that the other layers pass around: statuses, records, errors, pipelines.
+
+Everything here is immutable, so a record handed out by a storage backend can never be changed
+behind the backend's back. This module imports only :mod:`durably._errors`'s layer (nothing).
+"""
+
+from __future__ import annotations
+
+import enum
+import traceback as traceback_module
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["ErrorInfo", "Pipeline", "StepContext", "StepRecord", "StepStatus"]
+
+
+class StepStatus(str, enum.Enum):
+    """Where a durable step stands. The value is what storage backends persist."""
+
+    RUNNING = "running"
+    """An attempt started and has not ended (or its process died)."""
+    RETRYING = "retrying"
+    """An attempt failed; the next one is scheduled at ``next_attempt_at``."""
+    COMPLETED = "completed"
+    """The step succeeded; its record is final and its result is replayed."""
+    FAILED = "failed"
+    """Attempts were used up or the error was not retryable; the next call starts afresh."""
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """What is kept of an exception in a record: enough to read, nothing to execute.
+
+    Attributes:
+        type: the exception's class name, e.g. ``"ConnectionError"``.
+        module: the module that defines the class, e.g. ``"builtins"``.
+        message: ``str(exception)``.
+        traceback: the formatted traceback text (empty when there was none).
+    """
+
+    type: str
+    module: str
+    message: str
+    traceback: str = ""
+
+    @classmethod
+    def from_exception(cls, error: BaseException) -> ErrorInfo:
+        """Describe ``error``, including its traceback when it has one."""
+        kind = type(error)
+        text = "".join(
+            traceback_module.format_exception(kind, error, error.__traceback__)
+        )
+        return cls(type=kind.__qualname__, module=kind.__module__, message=str(error),
+                   traceback=text)
+
+    def to_dict(self) -> dict[str, str]:
+        """Return the fields as a plain ``dict`` (what SQLite stores as JSON)."""
+        return {"type": self.type, "module": self.module, "message": self.message,
+                "traceback": self.traceback}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ErrorInfo:
+        """Build from :meth:`to_dict` output. Raises ``KeyError``/``TypeError`` on bad data."""
+        values = (data["type"], data["module"], data["message"], data.get("traceback", ""))
+        if not all(isinstance(value, str) for value in values):
+            raise TypeError("error fields must be strings")
+        return cls(*values)
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """The stored state of one durable step.
+
+    Attributes:
+        step_id: the step's id (opaque to storage).
+        workflow_id: the workflow the step belongs to.
+        action: the action name the step runs.
+        status: where the step stands.
+        result: the **encoded** result (a codec string) once COMPLETED, else ``None``.
+        error: the latest failure, cleared on success.
+        attempts: attempts used by the current budget, interrupted ones included.
+        created_at: when the record was first written (seconds since the epoch).
+        started_at: when the latest attempt started.
+        updated_at: when the record was last written.
+        completed_at: when the step completed (only when COMPLETED).
+        next_attempt_at: when the next attempt is due (only when RETRYING).
+        budget_started_at: when the first attempt of the current budget started
+            (``max_elapsed`` is measured from it).
+    """
+
+    step_id: str
+    workflow_id: str
+    action: str
+    status: StepStatus
+    result: str | None = None
+    error: ErrorInfo | None = None
+    attempts: int = 0
+    created_at: float = 0.0
+    started_at: float | None = None
+    updated_at: float = 0.0
+    completed_at: float | None = None
+    next_attempt_at: float | None = None
+    budget_started_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A call to run: the action's path, the context (first handler argument) and its hash.
+
+    ``Pipeline(path=("Inventory", "check"), context=product)`` runs the ``"Inventory.check"``
+    handler as ``handler(product, *args)``.
+
+    Attributes:
+        path: the action name split on ``.``, e.g. ``("Inventory", "check")``.
+        context: the value handed to the handler as its first argument.
+        context_hash: the call's hash (the step id before any ``#n`` suffix), filled in by the
+            runtime when it hashes the call; ``None`` for ``send``.
+    """
+
+    path: tuple[str, ...]
+    context: Any = None
+    context_hash: str | None = field(default=None, compare=False)
+
+    @property
+    def action(self) -> str:
+        """The action name: the path joined with ``.``."""
+        return ".".join(self.path)
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What a running handler can learn about its step, through ``current_step()``.
+
+    Attributes:
+        workflow_id: the workflow the step belongs to.
+        step_id: the step's id.
+        action: the action name.
+        attempt: the 1-based attempt number, interrupted attempts included.
+        max_attempts: the attempt budget of the policy in force.
+        mode: ``"do"``, ``"try"`` or ``"send"``.
+        idempotency_key: a key that stays the same across retries, crashes and processes for
+            this step: hand it to payment APIs and other services that de-duplicate requests.
+    """
+
+    workflow_id: str
+    step_id: str
+    action: str
+    attempt: int
+    max_attempts: int
+    mode: str
+    idempotency_key: str

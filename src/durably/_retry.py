@@ -1,0 +1,190 @@
+"""The retry policy and the pure functions that answer "retry or stop?" and "how long to wait?".
+
+Nothing here sleeps, reads a clock or touches storage: the runtime passes in the attempt count,
+the error and the times, and gets a :class:`RetryDecision` back. That keeps every rule testable
+with plain values.
+
+Delay before retry ``k`` (``k = 1`` after the first failure)::
+
+    d = min(max_delay, initial_delay * backoff ** (k - 1))
+    delay = d * (1 - jitter * u)        # u in [0, 1), seeded by (workflow id, step id, k)
+
+so a delay is never above ``max_delay`` and never negative, and the same step gets the same
+schedule in every process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ._errors import (
+    ConfigurationError,
+    HandlerNotFoundError,
+    NonRetryableError,
+    RetryAfterError,
+    SerializationError,
+)
+
+__all__ = ["RetryDecision", "RetryPolicy", "backoff_delay", "decide_retry", "jitter_fraction"]
+
+# Errors that are programming or environment errors: another attempt cannot fix them.
+_NEVER_RETRIED: tuple[type[BaseException], ...] = (
+    NonRetryableError, HandlerNotFoundError, SerializationError,
+)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _require(ok: bool, field: str, rule: str, value: object) -> None:
+    if not ok:
+        raise ConfigurationError(f"RetryPolicy.{field} {rule}, got {value!r}", field=field)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently a durable step is retried.
+
+    Args:
+        max_attempts: total attempts, the first included; at least 1.
+        initial_delay: seconds before the first retry; at least 0.
+        backoff: multiplier per retry; at least 1 (1 gives a constant delay).
+        max_delay: cap on one delay, jitter included; at least 0.
+        jitter: fraction (0 to 1) of each delay that is randomised downwards.
+        timeout: per-attempt limit in seconds (real time), or ``None``.
+        max_elapsed: no retry is scheduled that would start later than this many seconds
+            after the first attempt of the budget; ``None`` for no limit.
+        non_retryable: exception types that fail the step at once.
+        retry_if: called with the error; returning False fails the step at once.
+
+    Raises:
+        ConfigurationError: a field is out of range; the message names the field and the rule.
+    """
+
+    max_attempts: int = 3
+    initial_delay: float = 1.0
+    backoff: float = 2.0
+    max_delay: float = 30.0
+    jitter: float = 0.25
+    timeout: float | None = None
+    max_elapsed: float | None = None
+    non_retryable: tuple[type[BaseException], ...] = ()
+    retry_if: Callable[[BaseException], bool] | None = None
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.max_attempts, int) and not isinstance(self.max_attempts, bool)
+                 and self.max_attempts >= 1, "max_attempts", "must be an int >= 1",
+                 self.max_attempts)
+        for name, low in (("initial_delay", 0.0), ("backoff", 1.0), ("max_delay", 0.0)):
+            value = getattr(self, name)
+            _require(_is_number(value) and math.isfinite(value) and value >= low, name,
+                     f"must be a finite number >= {low:g}", value)
+        _require(_is_number(self.jitter) and 0 <= self.jitter <= 1, "jitter",
+                 "must be a number from 0 to 1", self.jitter)
+        for name in ("timeout", "max_elapsed"):
+            value = getattr(self, name)
+            _require(value is None or (_is_number(value) and math.isfinite(value) and value > 0),
+                     name, "must be None or a finite number > 0", value)
+        if isinstance(self.non_retryable, (list, set, frozenset)):
+            object.__setattr__(self, "non_retryable", tuple(self.non_retryable))
+        _require(isinstance(self.non_retryable, tuple) and all(
+            isinstance(kind, type) and issubclass(kind, BaseException)
+            for kind in self.non_retryable), "non_retryable",
+            "must be a tuple of exception classes", self.non_retryable)
+        _require(self.retry_if is None or callable(self.retry_if), "retry_if",
+                 "must be None or a callable taking the error", self.retry_if)
+
+    def delays(self) -> list[float]:
+        """Return the delay before each retry, without jitter (``max_attempts - 1`` values)."""
+        return [backoff_delay(self, k, 0.0) for k in range(1, self.max_attempts)]
+
+
+@dataclass(frozen=True)
+class RetryDecision:
+    """The answer to "retry or stop?" after a failed attempt.
+
+    Attributes:
+        retry: whether another attempt is scheduled.
+        delay: seconds to wait before it (0 when ``retry`` is False).
+        reason: why the step stops, in words (empty when it retries).
+    """
+
+    retry: bool
+    delay: float = 0.0
+    reason: str = ""
+
+
+def jitter_fraction(workflow_id: str, step_id: str, retry_number: int) -> float:
+    """Return ``u`` in [0, 1) for one retry: the same in every process and every run."""
+    seed = f"{workflow_id}\x00{step_id}\x00{retry_number}".encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.sha256(seed).digest()[:8], "big") / 2.0**64
+
+
+def backoff_delay(policy: RetryPolicy, retry_number: int, u: float) -> float:
+    """Return the delay before retry ``retry_number`` (1-based) given the jitter draw ``u``."""
+    try:
+        raw = policy.initial_delay * policy.backoff ** (retry_number - 1)
+    except OverflowError:
+        raw = math.inf
+    return min(policy.max_delay, raw) * (1.0 - policy.jitter * u)
+
+
+def _retryable(policy: RetryPolicy, error: BaseException) -> tuple[bool, str]:
+    if isinstance(error, _NEVER_RETRIED):
+        return False, f"{type(error).__name__} is never retried"
+    if isinstance(error, RetryAfterError):
+        return True, ""
+    if policy.non_retryable and isinstance(error, policy.non_retryable):
+        return False, f"{type(error).__name__} is listed in non_retryable"
+    if policy.retry_if is not None:
+        try:
+            wanted = policy.retry_if(error)
+        except Exception as problem:  # a broken predicate must not leave the step RUNNING
+            return False, f"retry_if raised {type(problem).__name__}: {problem}"
+        if not wanted:
+            return False, "retry_if returned False"
+    return True, ""
+
+
+def decide_retry(
+    policy: RetryPolicy,
+    *,
+    attempts: int,
+    error: BaseException,
+    now: float,
+    budget_started_at: float,
+    workflow_id: str,
+    step_id: str,
+) -> RetryDecision:
+    """Decide whether a step whose attempt number ``attempts`` just failed gets another one.
+
+    Args:
+        policy: the policy in force.
+        attempts: attempts used so far in this budget, the failed one included.
+        error: what the attempt raised.
+        now: the current time.
+        budget_started_at: when the first attempt of the budget started.
+        workflow_id: seeds the jitter, with ``step_id`` and the retry number.
+        step_id: the failing step.
+    """
+    retryable, reason = _retryable(policy, error)
+    if not retryable:
+        return RetryDecision(False, reason=reason)
+    if attempts >= policy.max_attempts:
+        return RetryDecision(False, reason=f"used all {policy.max_attempts} attempts")
+    if isinstance(error, RetryAfterError):
+        requested: Any = error.delay
+        delay = float(requested) if _is_number(requested) and requested == requested else 0.0
+        delay = min(policy.max_delay, max(0.0, delay))
+    else:
+        delay = backoff_delay(policy, attempts, jitter_fraction(workflow_id, step_id, attempts))
+    if policy.max_elapsed is not None and now + delay - budget_started_at > policy.max_elapsed:
+        return RetryDecision(
+            False, reason=f"the next attempt would start past max_elapsed={policy.max_elapsed} s"
+        )
+    return RetryDecision(True, delay=delay)

@@ -1,0 +1,105 @@
+"""Step identity: hashing, numbering and golden values."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import threading
+
+import pytest
+
+from durably import SerializationError
+from durably._ids import CallCounter, call_hash, idempotency_key, numbered
+
+
+def test_golden_ids_are_pinned() -> None:
+    """Ids never drift silently: a change here breaks replay of every stored workflow."""
+    # The first value is exactly sha256 of the plain JSON the design describes.
+    text = json.dumps(["default", None, "Inventory.reserve", {"sku": "A1", "qty": 2}, []],
+                      sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert "s1_" + hashlib.sha256(text.encode()).hexdigest()[:32] == (
+        "s1_2ffeb737dfb8cb4dde79e4fa1aa92ed5"
+    )
+    assert call_hash("default", None, "Inventory.reserve", {"sku": "A1", "qty": 2}, ()) == (
+        "s1_2ffeb737dfb8cb4dde79e4fa1aa92ed5"
+    )
+    assert call_hash("order-42", "s1_parent", "Payment.charge", [1, 2.5, None], ("x",)) == (
+        "s1_54314dc4d2e1e2a378c777fec0032071"
+    )
+    assert idempotency_key("order-42", "s1_abc") == "idem_52af52a7599798beb10b1fe4c864b74d"
+
+
+def test_key_order_and_set_order_do_not_change_ids() -> None:
+    """Equal data written differently names the same step."""
+    first = call_hash("wf", None, "A.b", {"x": 1, "y": {3, 2, 1}}, ())
+    second = call_hash("wf", None, "A.b", {"y": {1, 2, 3}, "x": 1}, ())
+    assert first == second
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"workflow_id": "other"},
+        {"parent": "s1_p"},
+        {"action": "A.c"},
+        {"context": {"x": 2}},
+        {"args": (1,)},
+    ],
+)
+def test_every_part_of_a_call_changes_its_id(change: dict[str, object]) -> None:
+    """Workflow, parent, action, context and args all feed the hash."""
+    base: dict[str, object] = {"workflow_id": "wf", "parent": None, "action": "A.b",
+                               "context": {"x": 1}, "args": ()}
+    assert call_hash(**base) != call_hash(**{**base, **change})  # type: ignore[arg-type]
+
+
+def test_ids_keep_numbers_and_bools_apart() -> None:
+    """1, 1.0 and True are three different steps."""
+    ids = {call_hash("wf", None, "A.b", value, ()) for value in (1, 1.0, True)}
+    assert len(ids) == 3
+
+
+def test_unhashable_data_names_context_or_args() -> None:
+    """The error path says whether the bad value was in the context or the args."""
+    with pytest.raises(SerializationError) as caught:
+        call_hash("wf", None, "A.b", {"when": math.nan}, ())
+    assert caught.value.path == 'context["when"]'
+    with pytest.raises(SerializationError) as caught:
+        call_hash("wf", None, "A.b", None, (1, object()))
+    assert caught.value.path == "args[1]"
+
+
+def test_lone_surrogates_hash() -> None:
+    """Any Python str can be part of an id."""
+    assert call_hash("wf", None, "A.b", "\ud800", ()).startswith("s1_")
+
+
+def test_numbering_counts_identical_calls() -> None:
+    """The first call keeps the bare hash; later identical calls get #1, #2..."""
+    counter = CallCounter()
+    assert [counter.next_id("h"), counter.next_id("h"), counter.next_id("g"),
+            counter.next_id("h")] == ["h", "h#1", "g", "h#2"]
+    counter.reset()
+    assert counter.next_id("h") == "h"
+    assert numbered("h", 0) == "h" and numbered("h", 3) == "h#3"
+
+
+def test_numbering_is_thread_safe() -> None:
+    """Threads never receive the same number for one hash."""
+    counter = CallCounter()
+    got: list[str] = []
+    lock = threading.Lock()
+
+    def take() -> None:
+        for _ in range(500):
+            value = counter.next_id("h")
+            with lock:
+                got.append(value)
+
+    threads = [threading.Thread(target=take) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(got)) == 2000
