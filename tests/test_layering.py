@@ -30,7 +30,7 @@ def _module_name(path: Path) -> str:
 
 
 def _imports(path: Path, name: str) -> set[str]:
-    package_parts = name.split(".")[:-1] if not path.name == "__init__.py" else name.split(".")
+    package_parts = name.split(".")[:-1] if path.name != "__init__.py" else name.split(".")
     if name == "__init__":
         package_parts = []
     found: set[str] = set()
