@@ -12,13 +12,15 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "durably"
 LAYERS: dict[str, int] = {
     "_errors": 0,
     "_records": 1,
-    "_codec": 2, "_ids": 3, "_retry": 2,
+    "_codec": 2, "_retry": 2,
+    "_ids": 3, "_registry": 3,
     "_storage": 4, "_storage._base": 4, "_storage._memory": 5, "_storage._sqlite": 5,
     "_contract": 6,
     "_core": 7,
-    "_runtime": 8, "_aio": 8,
-    "testing": 9,
-    "__init__": 10, "__main__": 11,
+    "_api": 8,
+    "_runtime": 9, "_aio": 9,
+    "testing": 10,
+    "__init__": 11, "__main__": 12,
 }
 
 

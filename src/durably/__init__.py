@@ -2,15 +2,18 @@
 
 Layering (lower modules never import higher ones; tests/test_layering.py enforces it)::
 
-    _errors -> _records -> _codec / _ids / _retry -> _storage/* -> _core -> _runtime / _aio
-            -> testing
+    _errors -> _records -> _codec / _retry -> _ids / _registry -> _storage/* -> _contract
+            -> _core -> _api -> _runtime / _aio -> testing
 
 This module only re-exports the public names.
 """
 
+from ._api import Proxy as Proxy
 from ._codec import Codec as Codec
 from ._codec import JsonCodec as JsonCodec
 from ._codec import PickleCodec as PickleCodec
+from ._core import Clock as Clock
+from ._core import current_step as current_step
 from ._errors import ConfigurationError as ConfigurationError
 from ._errors import DurableError as DurableError
 from ._errors import HandlerNotFoundError as HandlerNotFoundError
@@ -26,7 +29,10 @@ from ._records import Pipeline as Pipeline
 from ._records import StepContext as StepContext
 from ._records import StepRecord as StepRecord
 from ._records import StepStatus as StepStatus
+from ._registry import Domain as Domain
 from ._retry import RetryPolicy as RetryPolicy
+from ._runtime import DurableWorkflowRuntime as DurableWorkflowRuntime
+from ._runtime import SystemClock as SystemClock
 from ._storage import InMemoryStepStorage as InMemoryStepStorage
 from ._storage import SqliteStepStorage as SqliteStepStorage
 from ._storage import StepStorage as StepStorage
@@ -34,9 +40,12 @@ from ._storage import StepStorage as StepStorage
 __version__ = "0.1.0"
 
 __all__ = [
+    "Clock",
     "Codec",
     "ConfigurationError",
+    "Domain",
     "DurableError",
+    "DurableWorkflowRuntime",
     "ErrorInfo",
     "HandlerNotFoundError",
     "InMemoryStepStorage",
@@ -44,6 +53,7 @@ __all__ = [
     "NonRetryableError",
     "PickleCodec",
     "Pipeline",
+    "Proxy",
     "RetryAfterError",
     "RetryPolicy",
     "SerializationError",
@@ -55,5 +65,7 @@ __all__ = [
     "StepStorage",
     "StepTimeoutError",
     "StorageError",
+    "SystemClock",
     "WorkflowStepError",
+    "current_step",
 ]

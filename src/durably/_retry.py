@@ -31,9 +31,10 @@ from ._errors import (
 
 __all__ = ["RetryDecision", "RetryPolicy", "backoff_delay", "decide_retry", "jitter_fraction"]
 
-# Errors that are programming or environment errors: another attempt cannot fix them.
+# Programming errors: another attempt cannot fix them. (ConfigurationError reaches here when a
+# sync handler returns a coroutine by mistake.)
 _NEVER_RETRIED: tuple[type[BaseException], ...] = (
-    NonRetryableError, HandlerNotFoundError, SerializationError,
+    NonRetryableError, HandlerNotFoundError, SerializationError, ConfigurationError,
 )
 
 

@@ -1,16 +1,21 @@
 """Helpers for testing code that uses durably, and for testing storage adapters.
 
 * :class:`FakeClock`: time that moves only when told to; sleeps return at once.
+* :func:`create_test_runtime`: an in-memory runtime with one attempt, no delays, fake time.
 * :class:`StorageContract`: the checks every :class:`~durably.StepStorage` must pass.
 """
 
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from ._contract import StorageContract
+from ._retry import RetryPolicy
+from ._runtime import DurableWorkflowRuntime
+from ._storage import InMemoryStepStorage
 
-__all__ = ["FakeClock", "StorageContract"]
+__all__ = ["FakeClock", "StorageContract", "create_test_runtime"]
 
 
 class FakeClock:
@@ -20,8 +25,7 @@ class FakeClock:
         start: the initial value of ``now()``.
 
     Attributes:
-        sleeps: every duration passed to :meth:`sleep` (or awaited through :meth:`asleep`),
-            in order.
+        sleeps: every duration passed to :meth:`sleep`, in order.
     """
 
     def __init__(self, start: float = 0.0) -> None:
@@ -39,11 +43,25 @@ class FakeClock:
             self.sleeps.append(seconds)
             self._now += max(0.0, seconds)
 
-    async def asleep(self, seconds: float) -> None:
-        """The awaitable form of :meth:`sleep`, for the asyncio runtime."""
-        self.sleep(seconds)
-
     def advance(self, seconds: float) -> None:
         """Move time forward by ``seconds`` without recording a sleep."""
         with self._lock:
             self._now += seconds
+
+
+def create_test_runtime(**overrides: Any) -> DurableWorkflowRuntime:
+    """Return a :class:`~durably.DurableWorkflowRuntime` set up for tests.
+
+    Defaults: ``InMemoryStepStorage()``, a ``FakeClock()``,
+    ``RetryPolicy(max_attempts=1, initial_delay=0)`` and workflow id ``"test"``. Any keyword
+    argument of the runtime overrides them, e.g.
+    ``create_test_runtime(retry_policy=RetryPolicy(max_attempts=3))``.
+    """
+    options: dict[str, Any] = {
+        "storage": InMemoryStepStorage(),
+        "clock": FakeClock(),
+        "retry_policy": RetryPolicy(max_attempts=1, initial_delay=0),
+        "workflow_id": "test",
+    }
+    options.update(overrides)
+    return DurableWorkflowRuntime(**options)

@@ -1,0 +1,163 @@
+"""Which handler runs for an action, and which subscribers hear an event.
+
+A registry belongs to one runtime and is shared with the runtimes ``for_workflow`` derives from
+it, never between unrelated runtimes (a process-global registry leaks handlers between
+workflows).
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._errors import ConfigurationError, HandlerNotFoundError
+
+__all__ = ["Domain", "Registry", "callable_name", "compile_pattern", "is_async_callable"]
+
+Handler = Callable[..., Any]
+
+_SEGMENT = re.compile(r"[^.\s*]+")
+
+
+@dataclass(frozen=True)
+class Domain:
+    """A group of actions registered at once as ``"<name>.<method>"``.
+
+    ``runtime.register(Domain("Payment", {"charge": charge, "refund": refund}))`` registers
+    ``"Payment.charge"`` and ``"Payment.refund"``.
+
+    Attributes:
+        name: the domain, the part before the dot.
+        methods: method name to handler.
+    """
+
+    name: str
+    methods: Mapping[str, Handler] = field(default_factory=dict)
+
+
+def callable_name(fn: Handler) -> str:
+    """Return the action name of a plain callable: ``module:qualname``."""
+    module = getattr(fn, "__module__", None) or type(fn).__module__
+    qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"{module}:{qualname}"
+
+
+def is_async_callable(fn: object) -> bool:
+    """Whether calling ``fn`` returns a coroutine (async functions and async ``__call__``)."""
+    while hasattr(fn, "func"):  # functools.partial
+        fn = fn.func
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - the method, not callability
+    )
+
+
+def validate_action_name(name: object) -> str:
+    """Return ``name`` if it is a usable action name, else raise ``ConfigurationError``."""
+    if not isinstance(name, str) or not all(_SEGMENT.fullmatch(part) for part in name.split(".")):
+        raise ConfigurationError(
+            f"an action name is dot-separated words without spaces or '*', like"
+            f" 'Payment.charge'; got {name!r}",
+            field="action",
+        )
+    return name
+
+
+def compile_pattern(pattern: object) -> re.Pattern[str]:
+    """Compile an event pattern: ``*`` matches one segment, ``**`` one or more.
+
+    Raises:
+        ConfigurationError: the pattern has empty segments or stray wildcards.
+    """
+    if not isinstance(pattern, str) or not pattern:
+        raise ConfigurationError(f"an event pattern must be a non-empty str, got {pattern!r}",
+                                 field="pattern")
+    parts = []
+    for segment in pattern.split("."):
+        if segment == "*":
+            parts.append(r"[^.]+")
+        elif segment == "**":
+            parts.append(r"[^.]+(?:\.[^.]+)*")
+        elif _SEGMENT.fullmatch(segment):
+            parts.append(re.escape(segment))
+        else:
+            raise ConfigurationError(
+                f"event pattern {pattern!r}: each segment is a word, '*' or '**',"
+                f" got {segment!r}",
+                field="pattern",
+            )
+    return re.compile(r"\.".join(parts))
+
+
+@dataclass(frozen=True, eq=False)
+class _Subscription:
+    pattern: str
+    matcher: re.Pattern[str]
+    handler: Handler
+
+
+class Registry:
+    """Actions by name and event subscriptions. Thread-safe."""
+
+    def __init__(self, *, accepts_async: bool) -> None:
+        self.accepts_async = accepts_async
+        self._actions: dict[str, Handler] = {}
+        self._subscriptions: list[_Subscription] = []
+        self._lock = threading.Lock()
+
+    def check_handler(self, handler: object, what: str) -> Handler:
+        """Return ``handler`` if this runtime flavour can call it."""
+        if not callable(handler):
+            raise ConfigurationError(f"{what}: a handler must be callable, got {handler!r}",
+                                     field="handler")
+        if not self.accepts_async and is_async_callable(handler):
+            raise ConfigurationError(
+                f"{what}: {callable_name(handler)} is a coroutine function; the sync"
+                " DurableWorkflowRuntime cannot await it. Use AsyncDurableWorkflowRuntime, or"
+                " make the handler a plain function.",
+                field="handler",
+            )
+        return handler
+
+    def register(self, name: str, handler: Handler) -> None:
+        """Register ``handler`` for ``name``; registering a different one twice is an error."""
+        validate_action_name(name)
+        self.check_handler(handler, f"action {name!r}")
+        with self._lock:
+            existing = self._actions.get(name)
+            if existing is not None and existing is not handler:
+                raise ConfigurationError(
+                    f"action {name!r} is already registered to {callable_name(existing)}",
+                    field="action",
+                )
+            self._actions[name] = handler
+
+    def lookup(self, name: str) -> Handler:
+        """Return the handler for ``name``; raise ``HandlerNotFoundError`` if there is none."""
+        handler = self._actions.get(name)
+        if handler is None:
+            raise HandlerNotFoundError(name)
+        return handler
+
+    def subscribe(self, pattern: str, handler: Handler) -> Callable[[], None]:
+        """Subscribe ``handler`` to events matching ``pattern``; return ``unsubscribe()``."""
+        subscription = _Subscription(pattern, compile_pattern(pattern),
+                                     self.check_handler(handler, f"subscriber of {pattern!r}"))
+        with self._lock:
+            self._subscriptions.append(subscription)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if subscription in self._subscriptions:
+                    self._subscriptions.remove(subscription)
+
+        return unsubscribe
+
+    def subscribers(self, event: str) -> list[Handler]:
+        """Return the handlers whose pattern matches ``event``, in subscription order."""
+        with self._lock:
+            subscriptions = list(self._subscriptions)
+        return [sub.handler for sub in subscriptions if sub.matcher.fullmatch(event)]

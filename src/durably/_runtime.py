@@ -1,0 +1,316 @@
+"""DurableWorkflowRuntime: the sync flavour. It answers the state machine's commands with
+blocking storage calls, ``clock.sleep`` and, for timed attempts, a worker thread.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from types import TracebackType
+from typing import Any
+
+from ._api import RuntimeBase, fresh_id
+from ._core import (
+    AttemptOutcome,
+    Clock,
+    Load,
+    RunAttempt,
+    StepMachine,
+    StepPlan,
+    Write,
+    call_handler,
+    durable_step,
+    single_attempt,
+)
+from ._errors import ConfigurationError, StepTimeoutError
+from ._records import Pipeline
+from ._retry import RetryPolicy
+
+__all__ = ["DurableWorkflowRuntime", "SystemClock"]
+
+logger = logging.getLogger("durably")
+
+
+class SystemClock:
+    """Wall-clock time (``time.time``, comparable across processes) and ``time.sleep``."""
+
+    def now(self) -> float:
+        """Return seconds since the epoch."""
+        return time.time()
+
+    def sleep(self, seconds: float) -> None:
+        """Block for ``seconds``."""
+        time.sleep(seconds)
+
+
+class _Deliveries:
+    """The background work of ``send``: a small thread pool and a count of what is in flight."""
+
+    def __init__(self, workers: int = 4) -> None:
+        self._workers = workers
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending = 0
+        self._idle = threading.Condition()
+        self._closed = False
+
+    def submit(self, work: Any) -> None:
+        with self._idle:
+            if self._closed:
+                raise RuntimeError("the runtime is closed")
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self._workers,
+                                                    thread_name_prefix="durably-send")
+            self._pending += 1
+        context = contextvars.copy_context()
+
+        def run() -> None:
+            try:
+                context.run(work)
+            finally:
+                with self._idle:
+                    self._pending -= 1
+                    self._idle.notify_all()
+
+        try:
+            self._executor.submit(run)
+        except BaseException:
+            with self._idle:
+                self._pending -= 1
+                self._idle.notify_all()
+            raise
+
+    def flush(self, timeout: float | None) -> bool:
+        with self._idle:
+            return self._idle.wait_for(lambda: self._pending == 0, timeout)
+
+    def close(self) -> None:
+        with self._idle:
+            self._closed = True
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True)
+
+
+def _reject_awaitable(outcome: AttemptOutcome, command: RunAttempt) -> AttemptOutcome:
+    value = outcome.value
+    if outcome.error is None and inspect.isawaitable(value):
+        if inspect.iscoroutine(value):
+            value.close()  # never awaited: close it so Python does not warn later
+        return AttemptOutcome(error=ConfigurationError(
+            f"the handler of {command.step.action!r} returned an awaitable; the sync"
+            " DurableWorkflowRuntime cannot await it. Use AsyncDurableWorkflowRuntime, or make"
+            " the handler return a plain value.",
+            field="handler",
+        ))
+    return outcome
+
+
+class DurableWorkflowRuntime(RuntimeBase):
+    """Runs actions at three durability levels: ``send``, ``try_`` and ``do``.
+
+    Args:
+        storage: where step records live (default: a new :class:`InMemoryStepStorage`).
+        retry_policy: the default policy of ``do`` (default: ``RetryPolicy()``).
+        workflow_id: scopes step ids (default ``"default"``).
+        on_step_start: ``hook(step_id, pipeline)`` before every attempt.
+        on_step_complete: ``hook(step_id, result)`` after every success.
+        on_step_error: ``hook(step_id, error, attempt)`` after every failed attempt.
+        clock: ``now()`` and ``sleep()`` (default: wall-clock time; tests use ``FakeClock``).
+        codec: turns results into text and back (default: :class:`JsonCodec`).
+
+    Hooks never break a step: one that raises is logged and ignored. The runtime is a context
+    manager; leaving it calls :meth:`close`.
+    """
+
+    _accepts_async = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deliveries = _Deliveries()
+
+    def _default_clock(self) -> Clock:
+        return SystemClock()
+
+    # ------------------------------------------------------------ the three levels
+
+    def send(self, event: str, data: Any = None) -> None:
+        """Deliver ``data`` to every subscriber of ``event`` in the background.
+
+        Returns at once and never raises: a subscriber's error goes to ``on_step_error`` and
+        the ``durably`` logger. Nothing is stored; ``data`` need not be encodable.
+        """
+        try:
+            for plan in self._plan_deliveries(event, data):
+                self._dispatch(plan)
+        except Exception:
+            logger.exception("durably: send(%r) could not be delivered", event)
+
+    def try_(self, action: Any, data: Any = None, *, step_id: str | None = None) -> Any:
+        """Run ``action(data)`` once, store nothing, and return its value.
+
+        Raises:
+            HandlerNotFoundError: no handler is registered for ``action``.
+            Exception: whatever the handler raised, unwrapped.
+        """
+        return self._run_once(self._plan_try(action, data, (), step_id))
+
+    def do(
+        self,
+        action: Any,
+        data: Any = None,
+        *,
+        retry: RetryPolicy | None = None,
+        step_id: str | None = None,
+    ) -> Any:
+        """Run ``action(data)`` as a durable step and return its (decoded) result.
+
+        A step that completed before (in this process or any earlier one) returns its recorded
+        result without running. Failures are retried by ``retry`` (default: the runtime's
+        policy); an interrupted step resumes its attempt budget and its retry schedule.
+
+        Args:
+            action: a registered action name (``"Domain.method"``) or a callable.
+            data: the handler's single argument; hashed into the step id.
+            retry: a policy for this call only.
+            step_id: your own key for the step, used as it is.
+
+        Raises:
+            WorkflowStepError: the step gave up; chained to the last cause.
+            HandlerNotFoundError: no handler for ``action`` (nothing is recorded).
+            SerializationError: ``data`` cannot be hashed, or the result cannot be encoded.
+            StorageError: the store failed.
+        """
+        return self._run_durable(self._plan_do(action, data, (), retry, step_id))
+
+    def execute_step(
+        self,
+        step_id: str,
+        pipeline: Pipeline,
+        args: Sequence[Any] = (),
+        mode: str = "do",
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> Any:
+        """Run ``pipeline``'s action as ``handler(pipeline.context, *args)`` under ``step_id``.
+
+        The low-level entry the three levels share. ``step_id`` is used as it is (the caller
+        owns its scoping). ``mode`` is ``"do"``, ``"try"`` or ``"send"`` (background; returns
+        ``None``).
+
+        Raises:
+            ValueError: an unknown mode (a :class:`ConfigurationError`).
+            HandlerNotFoundError: no handler for the action (at once, in every mode).
+        """
+        plan = self._plan_execute(step_id, pipeline, args, mode, retry)
+        if plan.mode == "do":
+            return self._run_durable(plan)
+        if plan.mode == "try":
+            return self._run_once(plan)
+        self._dispatch(plan)
+        return None
+
+    def _proxy_call(self, path: tuple[str, ...], context: Any, args: tuple[Any, ...],
+                    mode: str) -> Any:
+        name = ".".join(path)
+        if mode == "do":
+            return self._run_durable(self._plan_do(name, context, args, None, None))
+        if mode == "try":
+            return self._run_once(self._plan_try(name, context, args, None))
+        return self.execute_step(fresh_id("send"), Pipeline(path, context), args, "send")
+
+    # ------------------------------------------------------------ lifecycle
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait for in-flight ``send`` deliveries; ``False`` if ``timeout`` passed first.
+
+        Do not call it from inside a subscriber: it would wait for itself.
+        """
+        return self._deliveries.flush(timeout)
+
+    def close(self) -> None:
+        """Wait for deliveries, stop the worker pool and close the storage. Idempotent.
+
+        Runtimes made by :meth:`for_workflow` share the storage, so closing one closes it for
+        all of them.
+        """
+        self._deliveries.flush(None)
+        self._deliveries.close()
+        self._storage.close()
+
+    def __enter__(self) -> DurableWorkflowRuntime:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ driving the core
+
+    def _run_durable(self, plan: StepPlan) -> Any:
+        return self._drive(durable_step(plan, self._codec, self._hooks, self._clock.now))
+
+    def _run_once(self, plan: StepPlan) -> Any:
+        return self._drive(single_attempt(plan, self._hooks))
+
+    def _dispatch(self, plan: StepPlan) -> None:
+        def deliver() -> None:
+            try:
+                self._run_once(plan)
+            except Exception:
+                logger.exception("durably: %s delivery %s failed", plan.pipeline.action,
+                                 plan.step_id)
+
+        try:
+            self._deliveries.submit(deliver)
+        except RuntimeError:
+            logger.warning("durably: %s sent after close(); dropped", plan.pipeline.action)
+
+    def _drive(self, machine: StepMachine) -> Any:
+        reply: Any = None
+        try:
+            while True:
+                command = machine.send(reply)
+                kind = type(command)
+                if kind is Load:
+                    reply = self._storage.get(command.step_id)  # type: ignore[union-attr]
+                elif kind is Write:
+                    reply = self._storage.set(command.record)  # type: ignore[union-attr]
+                elif kind is RunAttempt:
+                    reply = self._attempt(command)  # type: ignore[arg-type]
+                else:
+                    seconds = command.seconds  # type: ignore[union-attr]
+                    reply = self._clock.sleep(seconds) if seconds > 0 else None
+        except StopIteration as done:
+            return done.value
+        finally:
+            machine.close()
+
+    def _attempt(self, command: RunAttempt) -> AttemptOutcome:
+        if command.timeout is None:
+            return _reject_awaitable(call_handler(command), command)
+        # A sync handler cannot be interrupted: it runs in a daemon thread that is abandoned at
+        # the deadline. Its late result lands in a box nobody reads, so it is never recorded.
+        box: list[Any] = []
+        context = contextvars.copy_context()
+
+        def run() -> None:
+            try:
+                box.append(context.run(call_handler, command))
+            except BaseException as error:  # relayed to the caller below
+                box.append(error)
+
+        worker = threading.Thread(target=run, daemon=True,
+                                  name=f"durably-attempt-{command.step.step_id}")
+        worker.start()
+        worker.join(command.timeout)
+        if not box:
+            return AttemptOutcome(error=StepTimeoutError(command.step.step_id, command.timeout))
+        result = box[0]
+        if isinstance(result, BaseException):
+            raise result
+        return _reject_awaitable(result, command)
