@@ -920,3 +920,56 @@ def test_sqlite_replay_across_runtime_objects(flavour: Flavour, tmp_path: Path) 
     assert flavour.run(second.do("A.b", "x")) == [1, 2, 3]
     assert len(handler.calls) == 1
     flavour.close(second)
+
+
+def test_execute_step_fires_hooks_like_do(flavour: Flavour) -> None:
+    """execute_step reports start and completion exactly like do."""
+    events: list[tuple[str, str]] = []
+    runtime = flavour.make(
+        on_step_start=lambda sid, pipeline: events.append(("start", sid)),
+        on_step_complete=lambda sid, result: events.append(("complete", sid)),
+    )
+    runtime.register("A.b", lambda context, x: x)
+    flavour.run(runtime.execute_step("mine", Pipeline(("A", "b"), None), (1,)))
+    assert events == [("start", "mine"), ("complete", "mine")]
+
+
+def test_close_flushes_deliveries_and_closes_storage(flavour: Flavour, tmp_path: Path) -> None:
+    """Leaving the context manager waits for deliveries, then closes the storage."""
+    from durably import StorageError
+
+    storage = SqliteStepStorage(tmp_path / "steps.db")
+    got: list[int] = []
+    runtime = flavour.make(storage=storage)
+    runtime.on("A.*", got.append)
+    if flavour.name == "sync":
+        with runtime:
+            runtime.send("A.x", 1)
+    else:
+        flavour.close(runtime)
+    with pytest.raises(StorageError, match="closed"):
+        storage.get("x")
+    assert got == ([1] if flavour.name == "sync" else [])
+
+
+def test_send_after_close_is_dropped_with_a_warning(flavour: Flavour,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """A closed runtime does not deliver, and send still does not raise."""
+    runtime = flavour.make()
+    got: list[int] = []
+    runtime.on("A.*", got.append)
+    flavour.close(runtime)
+    with caplog.at_level(logging.WARNING, logger="durably"):
+        assert runtime.send("A.x", 1) is None
+    assert got == [] and "dropped" in caplog.text
+
+
+def test_flush_waits_for_deliveries_that_send_more(flavour: Flavour) -> None:
+    """A subscriber that sends again is still waited for by one flush."""
+    runtime = flavour.make()
+    got: list[str] = []
+    runtime.on("Chain.first", lambda data: runtime.send("Chain.second", data))
+    runtime.on("Chain.second", got.append)
+    runtime.send("Chain.first", "x")
+    assert flavour.flush(runtime, 5)
+    assert got == ["x"]

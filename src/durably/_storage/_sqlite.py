@@ -209,12 +209,6 @@ class SqliteStepStorage:
             # Read before writing anything: a garbage file or a newer schema must stay untouched,
             # and switching to WAL rewrites the header.
             version, has_table = self._read_schema(conn)
-            if version > SCHEMA_VERSION:
-                raise StorageError(
-                    f"step database {self.path!r} has schema version {version}, newer than the"
-                    f" {SCHEMA_VERSION} this version of durably knows; upgrade durably",
-                    path=self.path,
-                )
             if not _is_memory(self.path):
                 self._enable_wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
@@ -230,7 +224,14 @@ class SqliteStepStorage:
         return conn
 
     def _read_schema(self, conn: sqlite3.Connection) -> tuple[int, bool]:
+        """Return (schema version, whether our table exists); refuse a newer schema."""
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise StorageError(
+                f"step database {self.path!r} has schema version {version}, newer than the"
+                f" {SCHEMA_VERSION} this version of durably knows; upgrade durably",
+                path=self.path,
+            )
         row = conn.execute(
             "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?", (self.table,)
         ).fetchone()
@@ -254,12 +255,6 @@ class SqliteStepStorage:
     def _migrate(self, conn: sqlite3.Connection) -> None:
         with self._transaction(conn):
             version, has_table = self._read_schema(conn)
-            if version > SCHEMA_VERSION:
-                raise StorageError(
-                    f"step database {self.path!r} has schema version {version}, newer than the"
-                    f" {SCHEMA_VERSION} this version of durably knows; upgrade durably",
-                    path=self.path,
-                )
             # A table added to a file that already holds another durably table starts from 0.
             start = version if has_table else 0
             for statements in _MIGRATIONS[start:]:
