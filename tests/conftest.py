@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,96 @@ class Flavour:
         runtime.close()
 
 
-@pytest.fixture(params=["sync"])
+class LoopDriven:
+    """Gives an AsyncDurableWorkflowRuntime the sync runtime's call style, for shared tests.
+
+    Each awaitable call runs to completion on one event loop; ``send`` is called inside the
+    loop, so its deliveries are real tasks that progress whenever the loop runs again (in
+    ``flush``, or during later calls), exactly as in an asyncio application.
+    """
+
+    _AWAITED = frozenset({"do", "try_", "execute_step", "flush", "aclose"})
+
+    def __init__(self, runtime: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.runtime = runtime
+        self._loop = loop
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self.runtime, name)
+        if name in self._AWAITED:
+            return lambda *args, **kwargs: self._loop.run_until_complete(
+                attribute(*args, **kwargs))
+        if name == "send":
+            return lambda *args, **kwargs: self._send(attribute, *args, **kwargs)
+        if name == "for_workflow":
+            return lambda workflow_id: LoopDriven(attribute(workflow_id), self._loop)
+        if name == "proxy":
+            return lambda mode="do": _LoopProxy(attribute(mode), self._loop)
+        return attribute
+
+    def _send(self, send: Any, *args: Any, **kwargs: Any) -> None:
+        if self._loop.is_running():  # called by a handler: the runtime's own send is right
+            return send(*args, **kwargs)
+        return self._loop.run_until_complete(self._inside_loop(send, *args, **kwargs))
+
+    @staticmethod
+    async def _inside_loop(function: Any, *args: Any, **kwargs: Any) -> Any:
+        return function(*args, **kwargs)
+
+    def close(self) -> None:
+        self._loop.run_until_complete(self.runtime.aclose())
+
+
+class _LoopProxy:
+    def __init__(self, proxy: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._proxy = proxy
+        self._loop = loop
+
+    def __getattr__(self, domain: str) -> Any:
+        def bind(context: Any = None) -> Any:
+            bound = getattr(self._proxy, domain)(context)
+            return _LoopBound(bound, self._loop)
+
+        return bind
+
+
+class _LoopBound:
+    def __init__(self, bound: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._bound = bound
+        self._loop = loop
+
+    def __getattr__(self, method: str) -> Any:
+        call = getattr(self._bound, method)
+        return lambda *args: self._loop.run_until_complete(call(*args))
+
+
+class AsyncFlavour(Flavour):
+    """The asyncio runtime, driven through LoopDriven on a loop owned by the test."""
+
+    name = "async"
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+
+    def make(self, **options: object) -> Any:
+        from durably.testing import create_async_test_runtime
+
+        return LoopDriven(create_async_test_runtime(**options), self.loop)
+
+    def finish(self) -> None:
+        pending = asyncio.all_tasks(self.loop)
+        if pending:
+            self.loop.run_until_complete(asyncio.wait(pending, timeout=10))
+        self.loop.run_until_complete(self.loop.shutdown_default_executor())
+        self.loop.close()
+
+
+@pytest.fixture(params=["sync", "async"])
 def flavour(request: pytest.FixtureRequest) -> Iterator[Flavour]:
     """Each runtime flavour in turn."""
-    yield Flavour()
+    if request.param == "sync":
+        yield Flavour()
+        return
+    async_flavour = AsyncFlavour()
+    yield async_flavour
+    async_flavour.finish()

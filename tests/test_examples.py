@@ -18,6 +18,8 @@ EXPECTED = {
     "03_retries.py": ["attempt 3/4", "rate = 1.08", "WorkflowStepError after 1 attempt"],
     "04_events.py": ["mailer: order 1 created", "never raised: ['the mailer is down']"],
     "05_custom_storage.py": ["checks passed", "stored as"],
+    "06_asyncio.py": ["request cancelled",
+                      "rerun ran only: ['quote slowpost (attempt 2)', 'label slowpost']"],
 }
 
 

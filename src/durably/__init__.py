@@ -8,6 +8,8 @@ Layering (lower modules never import higher ones; tests/test_layering.py enforce
 This module only re-exports the public names.
 """
 
+from ._aio import AsyncDurableWorkflowRuntime as AsyncDurableWorkflowRuntime
+from ._aio import AsyncSystemClock as AsyncSystemClock
 from ._api import Proxy as Proxy
 from ._codec import Codec as Codec
 from ._codec import JsonCodec as JsonCodec
@@ -40,6 +42,8 @@ from ._storage import StepStorage as StepStorage
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncDurableWorkflowRuntime",
+    "AsyncSystemClock",
     "Clock",
     "Codec",
     "ConfigurationError",

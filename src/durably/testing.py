@@ -1,7 +1,8 @@
 """Helpers for testing code that uses durably, and for testing storage adapters.
 
 * :class:`FakeClock`: time that moves only when told to; sleeps return at once.
-* :func:`create_test_runtime`: an in-memory runtime with one attempt, no delays, fake time.
+* :func:`create_test_runtime` / :func:`create_async_test_runtime`: an in-memory runtime with
+  one attempt, no delays and fake time.
 * :class:`StorageContract`: the checks every :class:`~durably.StepStorage` must pass.
 """
 
@@ -10,12 +11,13 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from ._aio import AsyncDurableWorkflowRuntime
 from ._contract import StorageContract
 from ._retry import RetryPolicy
 from ._runtime import DurableWorkflowRuntime
 from ._storage import InMemoryStepStorage
 
-__all__ = ["FakeClock", "StorageContract", "create_test_runtime"]
+__all__ = ["FakeClock", "StorageContract", "create_async_test_runtime", "create_test_runtime"]
 
 
 class FakeClock:
@@ -49,6 +51,17 @@ class FakeClock:
             self._now += seconds
 
 
+def _test_options(overrides: dict[str, Any]) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "storage": InMemoryStepStorage(),
+        "clock": FakeClock(),
+        "retry_policy": RetryPolicy(max_attempts=1, initial_delay=0),
+        "workflow_id": "test",
+    }
+    options.update(overrides)
+    return options
+
+
 def create_test_runtime(**overrides: Any) -> DurableWorkflowRuntime:
     """Return a :class:`~durably.DurableWorkflowRuntime` set up for tests.
 
@@ -57,11 +70,10 @@ def create_test_runtime(**overrides: Any) -> DurableWorkflowRuntime:
     argument of the runtime overrides them, e.g.
     ``create_test_runtime(retry_policy=RetryPolicy(max_attempts=3))``.
     """
-    options: dict[str, Any] = {
-        "storage": InMemoryStepStorage(),
-        "clock": FakeClock(),
-        "retry_policy": RetryPolicy(max_attempts=1, initial_delay=0),
-        "workflow_id": "test",
-    }
-    options.update(overrides)
-    return DurableWorkflowRuntime(**options)
+    return DurableWorkflowRuntime(**_test_options(overrides))
+
+
+def create_async_test_runtime(**overrides: Any) -> AsyncDurableWorkflowRuntime:
+    """Return an :class:`~durably.AsyncDurableWorkflowRuntime` with the same test defaults as
+    :func:`create_test_runtime` (the ``FakeClock`` works with both flavours)."""
+    return AsyncDurableWorkflowRuntime(**_test_options(overrides))

@@ -1,0 +1,374 @@
+"""What only the asyncio flavour has: awaiting, cancellation, timeouts, concurrent steps.
+
+Everything the two flavours share is tested once, over both, in test_runtime.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from durably import (
+    AsyncDurableWorkflowRuntime,
+    AsyncSystemClock,
+    InMemoryStepStorage,
+    RetryPolicy,
+    SqliteStepStorage,
+    StepStatus,
+    StepTimeoutError,
+    WorkflowStepError,
+    current_step,
+)
+from durably.testing import FakeClock, create_async_test_runtime
+
+
+def run(coroutine: Any) -> Any:
+    return asyncio.run(coroutine)
+
+
+def test_async_handlers_are_awaited_and_sync_ones_run_in_a_thread() -> None:
+    """Coroutine handlers run on the loop's thread; plain ones in a worker thread."""
+
+    async def main() -> tuple[int, int, int]:
+        runtime = create_async_test_runtime()
+        loop_thread = threading.get_ident()
+
+        async def on_loop(data: Any) -> int:
+            await asyncio.sleep(0)
+            return threading.get_ident()
+
+        runtime.register("A.async", on_loop)
+        runtime.register("A.sync", lambda data: threading.get_ident())
+        return loop_thread, await runtime.do("A.async", 1), await runtime.do("A.sync", 1)
+
+    loop_thread, async_thread, sync_thread = run(main())
+    assert async_thread == loop_thread
+    assert sync_thread != loop_thread
+
+
+def test_sqlite_storage_runs_off_the_loop_and_memory_storage_on_it(tmp_path: Path) -> None:
+    """SQLite calls (which can wait for locks or fsync) never run on the loop's thread."""
+    threads: dict[str, set[int]] = {"sqlite": set(), "memory": set()}
+
+    class SpySqlite(SqliteStepStorage):
+        def set(self, record: Any) -> Any:
+            threads["sqlite"].add(threading.get_ident())
+            return super().set(record)
+
+    async def main() -> int:
+        sqlite = create_async_test_runtime(storage=SpySqlite(tmp_path / "s.db"))
+        memory = create_async_test_runtime()
+        for runtime in (sqlite, memory):
+            runtime.register("A.b", lambda data: data)
+        assert await sqlite.do("A.b", 1) == 1
+        original = memory.storage.set
+
+        def spy(record: Any) -> Any:
+            threads["memory"].add(threading.get_ident())
+            return original(record)
+
+        memory.storage.set = spy  # type: ignore[method-assign]
+        assert await memory.do("A.b", 1) == 1
+        await sqlite.aclose()
+        return threading.get_ident()
+
+    loop_thread = run(main())
+    assert threads["sqlite"] and loop_thread not in threads["sqlite"]
+    assert threads["memory"] == {loop_thread}
+
+
+def test_gather_of_identical_calls_gets_stable_ids_in_argument_order() -> None:
+    """Concurrent identical calls are numbered in the order do() was called; a rerun replays
+    each one in place, even when the calls finish in another order."""
+    storage = InMemoryStepStorage()
+
+    async def first_run() -> list[Any]:
+        runtime = create_async_test_runtime(storage=storage)
+        order = iter(["a", "b", "c"])
+
+        async def charge(amount: int) -> str:
+            label = next(order)
+            await asyncio.sleep(0.001 if label == "a" else 0)  # "a" finishes last
+            return label
+
+        runtime.register("Pay.charge", charge)
+        return list(await asyncio.gather(*(runtime.do("Pay.charge", 10) for _ in range(3))))
+
+    async def rerun() -> list[Any]:
+        runtime = create_async_test_runtime(storage=storage)
+        runtime.register("Pay.charge", lambda amount: pytest.fail("must replay"))
+        calls = [runtime.do("Pay.charge", 10) for _ in range(3)]
+        return list(await asyncio.gather(*reversed(calls)))[::-1]
+
+    assert run(first_run()) == ["a", "b", "c"]
+    ids = [record.step_id for record in storage.list()]
+    assert sorted(ids) == sorted([ids[0].split("#")[0] + suffix for suffix in ("", "#1", "#2")])
+    assert run(rerun()) == ["a", "b", "c"]
+
+
+def test_timeout_cancels_the_attempt_task_and_retries() -> None:
+    """An async attempt past its timeout is cancelled and fails with StepTimeoutError."""
+    cancelled: list[bool] = []
+    errors: list[BaseException] = []
+
+    async def main() -> Any:
+        runtime = create_async_test_runtime(
+            retry_policy=RetryPolicy(max_attempts=2, initial_delay=0, timeout=0.01),
+            on_step_error=lambda sid, error, n: errors.append(error),
+        )
+
+        async def slow_then_fast(data: Any) -> str:
+            step = current_step()
+            assert step is not None
+            if step.attempt == 1:
+                try:
+                    await asyncio.Event().wait()
+                except asyncio.CancelledError:
+                    cancelled.append(True)
+                    raise
+            return "second attempt"
+
+        runtime.register("A.b", slow_then_fast)
+        return await runtime.do("A.b", 1)
+
+    assert run(main()) == "second attempt"
+    assert cancelled == [True]
+    assert isinstance(errors[0], StepTimeoutError)
+
+
+def test_a_handlers_own_timeout_error_is_not_mistaken_for_the_deadline() -> None:
+    """A TimeoutError raised by the handler is its error, reported as such."""
+    errors: list[BaseException] = []
+
+    async def main() -> None:
+        runtime = create_async_test_runtime(
+            retry_policy=RetryPolicy(max_attempts=1, timeout=30),
+            on_step_error=lambda sid, error, n: errors.append(error))
+
+        async def upstream(data: Any) -> None:
+            raise TimeoutError("the upstream API timed out")
+
+        runtime.register("A.b", upstream)
+        with pytest.raises(WorkflowStepError):
+            await runtime.do("A.b", 1)
+
+    run(main())
+    assert type(errors[0]) is TimeoutError
+
+
+def test_cancelling_the_caller_propagates_and_leaves_the_step_resumable() -> None:
+    """CancelledError is not retried or recorded as failure; the next call continues."""
+    storage = InMemoryStepStorage()
+    started = asyncio.Event
+
+    async def first() -> None:
+        runtime = create_async_test_runtime(storage=storage,
+                                            retry_policy=RetryPolicy(max_attempts=3))
+        entered = started()
+
+        async def forever(data: Any) -> None:
+            entered.set()
+            await asyncio.Event().wait()
+
+        runtime.register("A.b", forever)
+        task = asyncio.ensure_future(runtime.do("A.b", 1))
+        await entered.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(first())
+    (record,) = storage.list()
+    assert record.status is StepStatus.RUNNING and record.attempts == 1
+
+    async def second() -> tuple[Any, int]:
+        runtime = create_async_test_runtime(storage=storage,
+                                            retry_policy=RetryPolicy(max_attempts=3))
+        seen: list[int] = []
+
+        async def works(data: Any) -> str:
+            step = current_step()
+            assert step is not None
+            seen.append(step.attempt)
+            return "resumed"
+
+        runtime.register("A.b", works)
+        return await runtime.do("A.b", 1), seen[0]
+
+    assert run(second()) == ("resumed", 2)
+
+
+def test_cancelling_a_timed_attempt_cancels_its_task_too() -> None:
+    """With a timeout, cancelling the caller also cancels the attempt's own task."""
+    cancelled: list[bool] = []
+
+    async def main() -> None:
+        runtime = create_async_test_runtime(retry_policy=RetryPolicy(timeout=60))
+        entered = asyncio.Event()
+
+        async def forever(data: Any) -> None:
+            entered.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                cancelled.append(True)
+                raise
+
+        runtime.register("A.b", forever)
+        task = asyncio.ensure_future(runtime.do("A.b", 1))
+        await entered.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0)
+
+    run(main())
+    assert cancelled == [True]
+
+
+def test_nested_async_steps_replay_within_a_retried_parent() -> None:
+    """Children awaited by an async parent are scoped to its attempt and replay on retry."""
+    storage = InMemoryStepStorage()
+    child_runs: list[Any] = []
+
+    async def main() -> Any:
+        runtime = create_async_test_runtime(
+            storage=storage, retry_policy=RetryPolicy(max_attempts=2, initial_delay=0))
+
+        async def child(data: Any) -> str:
+            child_runs.append(data)
+            return f"child {data}"
+
+        async def parent(data: Any) -> list[str]:
+            step = current_step()
+            assert step is not None
+            results = list(await asyncio.gather(runtime.do("Child.run", 1),
+                                                runtime.do("Child.run", 2)))
+            if step.attempt == 1:
+                raise ConnectionError("parent fails after its children")
+            return results
+
+        runtime.register("Child.run", child)
+        runtime.register("Parent.run", parent)
+        return await runtime.do("Parent.run", None)
+
+    assert run(main()) == ["child 1", "child 2"]
+    assert sorted(child_runs) == [1, 2]
+
+
+def test_fake_clock_drives_async_retries_without_waiting() -> None:
+    """FakeClock's synchronous sleep works in the async runtime and records the schedule."""
+    clock = FakeClock()
+
+    async def main() -> Any:
+        runtime = create_async_test_runtime(
+            clock=clock, retry_policy=RetryPolicy(max_attempts=4, initial_delay=2, jitter=0))
+        failures = iter([True, True, False])
+
+        async def flaky(data: Any) -> str:
+            if next(failures):
+                raise ConnectionError("again")
+            return "ok"
+
+        runtime.register("A.b", flaky)
+        return await runtime.do("A.b", 1)
+
+    assert run(main()) == "ok"
+    assert clock.sleeps == [2.0, 4.0]
+
+
+def test_async_system_clock_sleeps_without_blocking() -> None:
+    """AsyncSystemClock.sleep returns an awaitable; now() is wall-clock time."""
+    clock = AsyncSystemClock()
+
+    async def main() -> None:
+        awaitable = clock.sleep(0)
+        assert asyncio.iscoroutine(awaitable)
+        await awaitable
+
+    run(main())
+    assert clock.now() > 1e9
+
+
+def test_send_from_a_sync_subscriber_thread_is_delivered_and_flushed() -> None:
+    """A plain subscriber (in a worker thread) that sends again is delivered and awaited."""
+
+    async def main() -> list[str]:
+        runtime = create_async_test_runtime()
+        got: list[str] = []
+        runtime.on("First.x", lambda data: runtime.send("Second.x", data + "!"))
+        runtime.on("Second.x", got.append)
+        runtime.send("First.x", "hi")
+        assert await runtime.flush(timeout=10)
+        return got
+
+    assert run(main()) == ["hi!"]
+
+
+def test_send_returns_before_a_slow_async_subscriber_and_flush_waits() -> None:
+    """send() schedules tasks and returns; flush times out, then waits them out."""
+
+    async def main() -> None:
+        runtime = create_async_test_runtime()
+        release = asyncio.Event()
+        finished: list[bool] = []
+
+        async def slow(data: Any) -> None:
+            await release.wait()
+            finished.append(True)
+
+        runtime.on("Job.started", slow)
+        assert runtime.send("Job.started", None) is None
+        assert finished == []
+        assert await runtime.flush(timeout=0.01) is False
+        release.set()
+        assert await runtime.flush(timeout=10) is True
+        assert finished == [True]
+
+    run(main())
+
+
+def test_send_without_a_running_loop_is_logged_not_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Outside any loop (and before the runtime ever ran on one), send logs and drops."""
+    runtime = AsyncDurableWorkflowRuntime()
+    runtime.on("A.*", print)
+    runtime.send("A.x", 1)
+    assert "without a running event loop" in caplog.text
+
+
+def test_async_with_closes_storage(tmp_path: Path) -> None:
+    """Leaving ``async with`` waits for deliveries and closes the storage."""
+    from durably import StorageError
+
+    storage = SqliteStepStorage(tmp_path / "steps.db")
+    got: list[int] = []
+
+    async def main() -> None:
+        async with AsyncDurableWorkflowRuntime(storage=storage) as runtime:
+            runtime.on("A.*", got.append)
+            runtime.send("A.x", 1)
+
+    run(main())
+    assert got == [1]
+    with pytest.raises(StorageError, match="closed"):
+        storage.get("x")
+
+
+def test_proxy_calls_are_awaitable_in_every_mode() -> None:
+    """p.A(ctx).b(x) returns an awaitable for do, try and send."""
+
+    async def main() -> list[Any]:
+        runtime = create_async_test_runtime()
+        runtime.register("A.b", lambda context, x: context + x)
+        results = [await runtime.proxy().A(1).b(2), await runtime.proxy("try").A(3).b(4),
+                   await runtime.proxy("send").A(5).b(6)]
+        assert await runtime.flush(10)
+        return results
+
+    assert run(main()) == [3, 7, None]
