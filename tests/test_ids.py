@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
-from durably import SerializationError
-from durably._ids import CallCounter, call_hash, idempotency_key, numbered
+from durably import SerializationError, StepContext
+from durably._ids import CallCounter, call_hash, numbered
 
 
 def test_golden_ids_are_pinned() -> None:
@@ -27,7 +27,8 @@ def test_golden_ids_are_pinned() -> None:
     assert call_hash("order-42", "s1_parent", "Payment.charge", [1, 2.5, None], ("x",)) == (
         "s1_54314dc4d2e1e2a378c777fec0032071"
     )
-    assert idempotency_key("order-42", "s1_abc") == "idem_52af52a7599798beb10b1fe4c864b74d"
+    context = StepContext("order-42", "s1_abc", "A.b", attempt=1, max_attempts=3, mode="do")
+    assert context.idempotency_key == "idem_52af52a7599798beb10b1fe4c864b74d"
 
 
 def test_key_order_and_set_order_do_not_change_ids() -> None:

@@ -5,11 +5,13 @@ Layering (lower modules never import higher ones; tests/test_layering.py enforce
     _errors -> _records -> _codec / _retry -> _ids / _registry -> _storage/* -> _contract
             -> _core -> _api -> _runtime / _aio -> testing
 
-This module only re-exports the public names.
+This module only re-exports the public names. The asyncio flavour is imported on first use
+(through ``__getattr__``), so that programs that never touch it do not pay for importing
+asyncio.
 """
 
-from ._aio import AsyncDurableWorkflowRuntime as AsyncDurableWorkflowRuntime
-from ._aio import AsyncSystemClock as AsyncSystemClock
+import typing as _typing
+
 from ._api import Proxy as Proxy
 from ._codec import Codec as Codec
 from ._codec import JsonCodec as JsonCodec
@@ -39,7 +41,21 @@ from ._storage import InMemoryStepStorage as InMemoryStepStorage
 from ._storage import SqliteStepStorage as SqliteStepStorage
 from ._storage import StepStorage as StepStorage
 
+if _typing.TYPE_CHECKING:
+    from ._aio import AsyncDurableWorkflowRuntime as AsyncDurableWorkflowRuntime
+    from ._aio import AsyncSystemClock as AsyncSystemClock
+
 __version__ = "0.1.0"
+
+_LAZY = {"AsyncDurableWorkflowRuntime", "AsyncSystemClock"}
+
+
+def __getattr__(name: str) -> _typing.Any:
+    if name in _LAZY:
+        from . import _aio
+
+        return getattr(_aio, name)
+    raise AttributeError(f"module 'durably' has no attribute {name!r}")
 
 __all__ = [
     "AsyncDurableWorkflowRuntime",

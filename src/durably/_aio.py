@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 import time
 from collections.abc import Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,17 +26,19 @@ from typing import Any
 
 from ._api import RuntimeBase, fresh_id
 from ._core import (
+    NOT_COMPLETED,
     AttemptOutcome,
     Clock,
-    Load,
     RunAttempt,
     StepMachine,
     StepPlan,
     Write,
     call_handler,
+    completed_value,
     durable_step,
     enter_step,
     leave_step,
+    logger,
     single_attempt,
 )
 from ._errors import StepTimeoutError
@@ -47,8 +48,6 @@ from ._retry import RetryPolicy
 from ._storage import InMemoryStepStorage
 
 __all__ = ["AsyncDurableWorkflowRuntime", "AsyncSystemClock"]
-
-logger = logging.getLogger("durably")
 
 
 class AsyncSystemClock:
@@ -74,7 +73,7 @@ async def _await_in_step(command: RunAttempt, awaitable: Any) -> Any:
 async def _call_async(command: RunAttempt) -> Any:
     token = enter_step(command.step)
     try:
-        result = command.handler(command.pipeline.context, *command.args)
+        result = command.handler(command.context, *command.args)
         if inspect.isawaitable(result):
             result = await result
         return result
@@ -119,7 +118,7 @@ class AsyncDurableWorkflowRuntime(RuntimeBase):
             for plan in self._plan_deliveries(event, data):
                 self._dispatch(plan)
         except Exception:
-            logger.exception("durably: send(%r) could not be delivered", event)
+            logger().exception("durably: send(%r) could not be delivered", event)
 
     def try_(self, action: Any, data: Any = None, *,
              step_id: str | None = None) -> Coroutine[Any, Any, Any]:
@@ -214,21 +213,26 @@ class AsyncDurableWorkflowRuntime(RuntimeBase):
     # ------------------------------------------------------------ driving the core
 
     async def _run_durable(self, plan: StepPlan) -> Any:
-        return await self._drive(durable_step(plan, self._codec, self._hooks, self._clock.now))
+        stored = await self._store(self._storage.get, plan.step_id)
+        replayed = completed_value(self._codec, stored)
+        if replayed is not NOT_COMPLETED:
+            return replayed
+        return await self._drive(
+            durable_step(plan, self._codec, self._hooks, self._clock.now, stored))
 
     async def _run_once(self, plan: StepPlan) -> Any:
         return await self._drive(single_attempt(plan, self._hooks))
 
     def _dispatch(self, plan: StepPlan) -> None:
         if self._closed:
-            logger.warning("durably: %s sent after aclose(); dropped", plan.pipeline.action)
+            logger().warning("durably: %s sent after aclose(); dropped", plan.action)
             return
 
         async def deliver() -> None:
             try:
                 await self._run_once(plan)
             except Exception:
-                logger.exception("durably: %s delivery %s failed", plan.pipeline.action,
+                logger().exception("durably: %s delivery %s failed", plan.action,
                                  plan.step_id)
 
         def start() -> None:
@@ -244,8 +248,8 @@ class AsyncDurableWorkflowRuntime(RuntimeBase):
             # flush() cannot miss it.
             loop = self._loop
             if loop is None or loop.is_closed():
-                logger.error("durably: %s sent without a running event loop; dropped",
-                             plan.pipeline.action)
+                logger().error("durably: %s sent without a running event loop; dropped",
+                             plan.action)
                 return
             loop.call_soon_threadsafe(start)
             return
@@ -266,10 +270,7 @@ class AsyncDurableWorkflowRuntime(RuntimeBase):
             while True:
                 command = machine.send(reply)
                 kind = type(command)
-                if kind is Load:
-                    step_id = command.step_id  # type: ignore[union-attr]
-                    reply = await self._store(self._storage.get, step_id)
-                elif kind is Write:
+                if kind is Write:
                     record = command.record  # type: ignore[union-attr]
                     reply = await self._store(self._storage.set, record)
                 elif kind is RunAttempt:

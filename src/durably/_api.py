@@ -6,9 +6,7 @@ The sync runtime (``_runtime.py``) and the asyncio runtime (``_aio.py``) subclas
 
 from __future__ import annotations
 
-import functools
-import logging
-import uuid
+import os
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, TypeVar
 
@@ -22,8 +20,6 @@ from ._retry import RetryPolicy
 from ._storage import InMemoryStepStorage, StepStorage
 
 __all__ = ["MODES", "Proxy", "RuntimeBase", "fresh_id"]
-
-logger = logging.getLogger("durably")
 
 MODES = ("do", "try", "send")
 
@@ -44,13 +40,9 @@ def _check_mode(mode: object) -> str:
     return str(mode)
 
 
-def _returning(handler: Handler) -> Callable[[], Handler]:
-    return lambda: handler
-
-
 def fresh_id(prefix: str) -> str:
     """Return a random id for a call that is never stored (a send delivery)."""
-    return f"{prefix}_{uuid.uuid4().hex}"
+    return f"{prefix}_{os.urandom(16).hex()}"
 
 
 class RuntimeBase:
@@ -189,12 +181,14 @@ class RuntimeBase:
 
     # ------------------------------------------------------------ planning
 
-    def _resolve(self, action: object) -> tuple[str, Callable[[], Handler]]:
+    def _resolve(self, action: object) -> tuple[str, Handler | None]:
+        """Return the action's name, and its handler when it is a callable (else None: the
+        name is looked up only if the step runs)."""
         if isinstance(action, str):
-            return action, functools.partial(self._registry.lookup, action)
+            return action, None
         if callable(action):
             handler = self._registry.check_handler(action, "action")
-            return callable_name(handler), _returning(handler)
+            return callable_name(handler), handler
         raise ConfigurationError(
             f"an action is a registered name or a callable, got {action!r}", field="action")
 
@@ -206,42 +200,39 @@ class RuntimeBase:
         retry: RetryPolicy | None,
         step_id: str | None,
     ) -> StepPlan:
-        name, resolve = self._resolve(action)
+        name, handler = self._resolve(action)
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise ConfigurationError(f"retry must be a RetryPolicy, got {retry!r}",
                                      field="retry")
-        path = tuple(name.split("."))
+        base = None
         if step_id is None:
             active = active_step()
             parent = None if active is None else active.context.step_id
             base = call_hash(self._workflow_id, parent, name, data, args)
             counter = self._counter if active is None else active.children
             step_id = counter.next_id(base)
-            pipeline = Pipeline(path, data, base)
         else:
             step_id = _check_step_id(step_id)
-            pipeline = Pipeline(path, data)
-        return StepPlan(step_id, self._workflow_id, pipeline, args, resolve,
-                        retry or self._policy, "do")
+        return StepPlan(step_id, self._workflow_id, name, data, args, retry or self._policy,
+                        "do", handler=handler, lookup=self._registry.lookup, context_hash=base)
 
     def _plan_try(self, action: object, data: Any, args: tuple[Any, ...],
                   step_id: str | None) -> StepPlan:
-        name, resolve = self._resolve(action)
-        path = tuple(name.split("."))
+        name, handler = self._resolve(action)
+        base = None
         if step_id is None:
             # try_ stores nothing, so an id is only for hooks and the idempotency key: hash it
             # when the data allows (stable), else use a fresh one rather than fail the call.
             active = active_step()
             parent = None if active is None else active.context.step_id
             try:
-                base = call_hash(self._workflow_id, parent, name, data, args)
+                base = step_id = call_hash(self._workflow_id, parent, name, data, args)
             except SerializationError:
-                pipeline, step_id = Pipeline(path, data), fresh_id("try")
-            else:
-                pipeline, step_id = Pipeline(path, data, base), base
+                step_id = fresh_id("try")
         else:
-            pipeline, step_id = Pipeline(path, data), _check_step_id(step_id)
-        return StepPlan(step_id, self._workflow_id, pipeline, args, resolve, self._policy, "try")
+            step_id = _check_step_id(step_id)
+        return StepPlan(step_id, self._workflow_id, name, data, args, self._policy, "try",
+                        handler=handler, lookup=self._registry.lookup, context_hash=base)
 
     def _plan_execute(self, step_id: str, pipeline: Pipeline, args: Sequence[Any], mode: str,
                       retry: RetryPolicy | None) -> StepPlan:
@@ -252,13 +243,14 @@ class RuntimeBase:
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise ConfigurationError(f"retry must be a RetryPolicy, got {retry!r}",
                                      field="retry")
-        resolve: Callable[[], Handler] = functools.partial(self._registry.lookup,
-                                                          pipeline.action)
+        handler = None
         if mode == "send":
             # An unknown action is a programming error: raise it now, not in the background.
-            resolve = _returning(resolve())
-        return StepPlan(_check_step_id(step_id), self._workflow_id, pipeline, tuple(args),
-                        resolve, retry or self._policy, mode)
+            handler = self._registry.lookup(pipeline.action)
+        return StepPlan(_check_step_id(step_id), self._workflow_id, pipeline.action,
+                        pipeline.context, tuple(args), retry or self._policy, mode,
+                        handler=handler, lookup=self._registry.lookup,
+                        context_hash=pipeline.context_hash, pipeline=pipeline)
 
     def _plan_deliveries(self, event: str, data: Any) -> list[StepPlan]:
         if not isinstance(event, str):
@@ -267,8 +259,8 @@ class RuntimeBase:
         pipeline = Pipeline(tuple(event.split(".")), data)
         plans = []
         for handler in self._registry.subscribers(event):
-            plans.append(StepPlan(fresh_id("send"), self._workflow_id, pipeline, (),
-                                  _returning(handler), self._policy, "send"))
+            plans.append(StepPlan(fresh_id("send"), self._workflow_id, event, data, (),
+                                  self._policy, "send", handler=handler, pipeline=pipeline))
         return plans
 
     def _proxy_call(self, path: tuple[str, ...], context: Any, args: tuple[Any, ...],

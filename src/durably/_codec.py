@@ -28,15 +28,16 @@ import datetime as dt
 import decimal
 import json
 import math
-import pickle
-import uuid
+import sys
 from collections.abc import Callable
+from json import encoder as _json_encoder
 from typing import Any, Protocol
 
 from ._errors import SerializationError
 
 __all__ = [
-    "Codec", "JsonCodec", "PickleCodec", "canonical_json", "dump_canonical", "to_tagged",
+    "Codec", "JsonCodec", "PickleCodec", "canonical_json", "canonical_text", "dump_canonical",
+    "is_plain", "to_tagged",
 ]
 
 TAG = "__durably__"
@@ -84,10 +85,88 @@ def _key_segment(key: object) -> str:
     return f"[{key!r}]"
 
 
+def _make_encoder(*, sort_keys: bool, ensure_ascii: bool) -> Callable[[Any], str]:
+    """Return a reusable compact JSON encoder that refuses NaN and Infinity.
+
+    ``json.dumps`` builds a new encoder object on every call; on a hot path (every step id,
+    every result) that costs as much as the encoding itself, so the C encoder is built once.
+    Recursion is not checked here: every caller has either walked the value already or falls
+    back to the walk, which reports a recursive value properly, on RecursionError.
+    """
+    c_make_encoder = getattr(_json_encoder, "c_make_encoder", None)
+    if c_make_encoder is None:  # an interpreter without the C accelerator
+        slow = json.JSONEncoder(sort_keys=sort_keys, ensure_ascii=ensure_ascii,
+                                allow_nan=False, separators=(",", ":"))
+        return slow.encode
+
+    def refuse(value: Any) -> Any:
+        raise TypeError(f"not JSON: {type(value).__name__}")
+
+    quote = (_json_encoder.encode_basestring_ascii if ensure_ascii
+             else _json_encoder.encode_basestring)
+    encode_chunks = c_make_encoder(None, refuse, quote, None, ":", ",", sort_keys, False, False)
+
+    def encode(value: Any) -> str:
+        return "".join(encode_chunks(value, 0))
+
+    return encode
+
+
+# Canonical text for hashing (sorted keys, UTF-8 as is); storage text (ASCII: a lone surrogate
+# in a str is legal Python but not legal UTF-8, and SQLite text must be UTF-8).
+_encode_canonical = _make_encoder(sort_keys=True, ensure_ascii=False)
+_encode_storage = _make_encoder(sort_keys=False, ensure_ascii=True)
+_scan_json = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+def _decode_plain(text: str) -> Any:
+    # scan_once directly: JSONDecoder.decode spends two regex matches on whitespace that
+    # encoded text never has. Anything unusual goes through json.loads for its error message.
+    try:
+        value, end = _scan_json(text, 0)
+    except StopIteration:
+        return json.loads(text)
+    if end != len(text):
+        return json.loads(text)
+    return value
+
+
+_SCALARS = frozenset({str, int, bool, type(None)})
+
+
+def is_plain(value: Any, canonical: bool) -> bool:
+    """Whether ``value`` is made only of JSON types that JSON text already represents exactly.
+
+    True values skip the tagging walk: their JSON text is their encoded (or canonical) form.
+    ``canonical`` admits tuples, which the canonical form writes as lists. (Scalars are tested
+    inline in the loops: this runs on every step id and every result.)
+    """
+    kind = type(value)
+    if kind in _SCALARS:
+        return True
+    if kind is float:
+        finite: bool = value - value == 0.0  # False for NaN and ±Infinity
+        return finite
+    if kind is dict:
+        if TAG in value:
+            return False
+        for key, item in value.items():
+            if type(key) is not str:
+                return False
+            if type(item) not in _SCALARS and not is_plain(item, canonical):
+                return False
+        return True
+    if kind is list or (canonical and kind is tuple):
+        for item in value:
+            if type(item) not in _SCALARS and not is_plain(item, canonical):
+                return False
+        return True
+    return False
+
+
 def dump_canonical(tagged: Any) -> str:
     """Return the canonical text of a tree that :func:`to_tagged` already converted."""
-    return json.dumps(tagged, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False)
+    return _encode_canonical(tagged)
 
 
 def to_tagged(value: Any, *, canonical: bool = False, root: str = "value") -> Any:
@@ -101,6 +180,11 @@ def to_tagged(value: Any, *, canonical: bool = False, root: str = "value") -> An
     Raises:
         SerializationError: a value has no representation; names its type and path.
     """
+    try:
+        if is_plain(value, canonical):
+            return value
+    except RecursionError:
+        pass  # recursive or very deep: the walk below says which, and where
     active: set[int] = set()
 
     def enter(container: object) -> int:
@@ -201,7 +285,8 @@ def to_tagged(value: Any, *, canonical: bool = False, root: str = "value") -> An
             return {TAG: "timedelta", "v": [item.days, item.seconds, item.microseconds]}
         if isinstance(item, decimal.Decimal):
             return {TAG: "decimal", "v": str(item)}
-        if isinstance(item, uuid.UUID):
+        uuid_module = sys.modules.get("uuid")  # no UUID can exist before uuid is imported
+        if uuid_module is not None and isinstance(item, uuid_module.UUID):
             return {TAG: "uuid", "v": str(item)}
         if isinstance(item, (bytes, bytearray, memoryview)):
             return {TAG: "bytes", "v": base64.b64encode(bytes(item)).decode("ascii")}
@@ -234,13 +319,23 @@ def to_tagged(value: Any, *, canonical: bool = False, root: str = "value") -> An
                                  type_name=_type_name(value), path=root) from None
 
 
+def canonical_text(value: Any, *, root: str = "value") -> str:
+    """Like :func:`canonical_json`, with a fast path for plain JSON values."""
+    if is_plain(value, True):
+        try:
+            return _encode_canonical(value)
+        except (ValueError, RecursionError):
+            pass  # the walk below reports it with its path
+    return _encode_canonical(to_tagged(value, canonical=True, root=root))
+
+
 def canonical_json(value: Any, *, root: str = "value") -> str:
     """Return the canonical JSON text of ``value``: the input to step-id hashing.
 
     Raises:
         SerializationError: the value (or NaN/Infinity inside it) cannot be hashed.
     """
-    return dump_canonical(to_tagged(value, canonical=True, root=root))
+    return canonical_text(value, root=root)
 
 
 def _decode_timedelta(payload: Any) -> dt.timedelta:
@@ -255,6 +350,12 @@ def _decode_bytes(payload: Any) -> bytes:
         raise ValueError(f"invalid base64 in a bytes value: {error}") from None
 
 
+def _decode_uuid(payload: Any) -> Any:
+    import uuid  # only stored data that holds UUIDs pays for the import
+
+    return uuid.UUID(payload)
+
+
 _DECODERS: dict[str, Callable[[Any], Any]] = {
     "float": lambda payload: _SPECIAL_FLOATS[payload],
     "datetime": dt.datetime.fromisoformat,
@@ -262,7 +363,7 @@ _DECODERS: dict[str, Callable[[Any], Any]] = {
     "time": dt.time.fromisoformat,
     "timedelta": _decode_timedelta,
     "decimal": decimal.Decimal,
-    "uuid": uuid.UUID,
+    "uuid": _decode_uuid,
     "bytes": _decode_bytes,
     "tuple": tuple,
     "set": set,
@@ -297,16 +398,31 @@ class JsonCodec:
             SerializationError: the value (or something inside it) has no representation;
                 the error names its type and path.
         """
+        return self.encode_checked(value)[0]
+
+    def encode_checked(self, value: Any) -> tuple[str, bool]:
+        """Return ``value`` as JSON text, and whether it was plain JSON (decodes to an equal
+        value of the same types, so a caller may keep ``value`` instead of decoding)."""
+        try:
+            if is_plain(value, False):
+                return _encode_storage(value), True
+        except (ValueError, RecursionError):
+            pass  # the walk below reports it properly
+        return self._encode_tagged(value), False
+
+    def _encode_tagged(self, value: Any) -> str:
         tagged = to_tagged(value, root="value")
         try:
-            return json.dumps(tagged, separators=(",", ":"), allow_nan=False)
+            return _encode_storage(tagged)
         except ValueError as error:  # e.g. an int longer than the interpreter's digit limit
             raise SerializationError(f"cannot encode value: {error}",
                                      type_name=_type_name(value), path="value") from None
 
     def decode(self, text: str) -> Any:
         """Return the value ``text`` encodes. Raises ``ValueError`` on malformed text."""
-        return json.loads(text, object_hook=_untag)
+        if TAG in text:
+            return json.loads(text, object_hook=_untag)
+        return _decode_plain(text)  # no tagged value inside: no hook call per object
 
 
 class PickleCodec:
@@ -325,6 +441,8 @@ class PickleCodec:
         Raises:
             SerializationError: the value cannot be pickled.
         """
+        import pickle  # only the opt-in pays for the import
+
         try:
             data = pickle.dumps(value, protocol=self.protocol)
         except (pickle.PicklingError, TypeError, AttributeError, RecursionError) as error:
@@ -338,6 +456,8 @@ class PickleCodec:
             data = base64.b64decode(text, validate=True)
         except binascii.Error as error:
             raise ValueError(f"invalid base64: {error}") from None
+        import pickle
+
         try:
             return pickle.loads(data)
         except Exception as error:

@@ -15,9 +15,9 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from ._codec import canonical_json, dump_canonical, to_tagged
+from ._codec import dump_canonical, is_plain, to_tagged
 
-__all__ = ["SCHEME_PREFIX", "CallCounter", "call_hash", "idempotency_key", "numbered"]
+__all__ = ["SCHEME_PREFIX", "CallCounter", "call_hash", "numbered"]
 
 SCHEME_PREFIX = "s1_"
 
@@ -31,14 +31,22 @@ def call_hash(
         SerializationError: ``context`` or ``args`` cannot be hashed; the error's path starts
             with ``context`` or ``args``.
     """
-    tagged = [
-        workflow_id,
-        parent,
-        action,
-        to_tagged(context, canonical=True, root="context"),
-        to_tagged(list(args), canonical=True, root="args"),
-    ]
-    text = dump_canonical(tagged)
+    text = None
+    try:
+        if is_plain(context, True) and is_plain(args, True):
+            # Plain JSON data is its own canonical form: one C-level encoding, no walk.
+            text = dump_canonical([workflow_id, parent, action, context, args])
+    except (ValueError, RecursionError):
+        text = None  # NaN inside, or recursive: the walk below names the problem and its path
+    if text is None:
+        tagged = [
+            workflow_id,
+            parent,
+            action,
+            to_tagged(context, canonical=True, root="context"),
+            to_tagged(list(args), canonical=True, root="args"),
+        ]
+        text = dump_canonical(tagged)
     # surrogatepass: a lone surrogate in a str is legal Python; it must hash, not crash.
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
     return SCHEME_PREFIX + digest[:32]
@@ -47,16 +55,6 @@ def call_hash(
 def numbered(base: str, n: int) -> str:
     """Return the id of the ``n``-th (0-based) call with hash ``base`` in its scope."""
     return base if n == 0 else f"{base}#{n}"
-
-
-def idempotency_key(workflow_id: str, step_id: str) -> str:
-    """Return the key a handler hands to services that de-duplicate requests.
-
-    Stable across retries, crashes and processes, and distinct across workflows even when a
-    caller chooses the same explicit ``step_id`` in two of them.
-    """
-    text = canonical_json([workflow_id, step_id])
-    return "idem_" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 class CallCounter:

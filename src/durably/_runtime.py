@@ -6,34 +6,35 @@ from __future__ import annotations
 
 import contextvars
 import inspect
-import logging
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._api import RuntimeBase, fresh_id
 from ._core import (
+    NOT_COMPLETED,
     AttemptOutcome,
     Clock,
-    Load,
     RunAttempt,
     StepMachine,
     StepPlan,
     Write,
     call_handler,
+    completed_value,
     durable_step,
+    logger,
     single_attempt,
 )
 from ._errors import ConfigurationError, StepTimeoutError
 from ._records import Pipeline
 from ._retry import RetryPolicy
 
-__all__ = ["DurableWorkflowRuntime", "SystemClock"]
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
-logger = logging.getLogger("durably")
+__all__ = ["DurableWorkflowRuntime", "SystemClock"]
 
 
 class SystemClock:
@@ -63,6 +64,9 @@ class _Deliveries:
             if self._closed:
                 raise RuntimeError("the runtime is closed")
             if self._executor is None:
+                # Imported here: programs that never send do not pay for concurrent.futures.
+                from concurrent.futures import ThreadPoolExecutor
+
                 self._executor = ThreadPoolExecutor(self._workers,
                                                     thread_name_prefix="durably-send")
             self._pending += 1
@@ -96,8 +100,13 @@ class _Deliveries:
             executor.shutdown(wait=True)
 
 
+_NEVER_AWAITABLE = frozenset({dict, list, str, int, float, bool, tuple, type(None)})
+
+
 def _reject_awaitable(outcome: AttemptOutcome, command: RunAttempt) -> AttemptOutcome:
     value = outcome.value
+    if type(value) in _NEVER_AWAITABLE:  # the common case, without inspect's checks
+        return outcome
     if outcome.error is None and inspect.isawaitable(value):
         if inspect.iscoroutine(value):
             value.close()  # never awaited: close it so Python does not warn later
@@ -148,7 +157,7 @@ class DurableWorkflowRuntime(RuntimeBase):
             for plan in self._plan_deliveries(event, data):
                 self._dispatch(plan)
         except Exception:
-            logger.exception("durably: send(%r) could not be delivered", event)
+            logger().exception("durably: send(%r) could not be delivered", event)
 
     def try_(self, action: Any, data: Any = None, *, step_id: str | None = None) -> Any:
         """Run ``action(data)`` once, store nothing, and return its value.
@@ -252,7 +261,12 @@ class DurableWorkflowRuntime(RuntimeBase):
     # ------------------------------------------------------------ driving the core
 
     def _run_durable(self, plan: StepPlan) -> Any:
-        return self._drive(durable_step(plan, self._codec, self._hooks, self._clock.now))
+        stored = self._storage.get(plan.step_id)
+        replayed = completed_value(self._codec, stored)
+        if replayed is not NOT_COMPLETED:
+            return replayed
+        return self._drive(
+            durable_step(plan, self._codec, self._hooks, self._clock.now, stored))
 
     def _run_once(self, plan: StepPlan) -> Any:
         return self._drive(single_attempt(plan, self._hooks))
@@ -262,13 +276,13 @@ class DurableWorkflowRuntime(RuntimeBase):
             try:
                 self._run_once(plan)
             except Exception:
-                logger.exception("durably: %s delivery %s failed", plan.pipeline.action,
+                logger().exception("durably: %s delivery %s failed", plan.action,
                                  plan.step_id)
 
         try:
             self._deliveries.submit(deliver)
         except RuntimeError:
-            logger.warning("durably: %s sent after close(); dropped", plan.pipeline.action)
+            logger().warning("durably: %s sent after close(); dropped", plan.action)
 
     def _drive(self, machine: StepMachine) -> Any:
         reply: Any = None
@@ -276,12 +290,15 @@ class DurableWorkflowRuntime(RuntimeBase):
             while True:
                 command = machine.send(reply)
                 kind = type(command)
-                if kind is Load:
-                    reply = self._storage.get(command.step_id)  # type: ignore[union-attr]
-                elif kind is Write:
+                if kind is Write:
                     reply = self._storage.set(command.record)  # type: ignore[union-attr]
                 elif kind is RunAttempt:
-                    reply = self._attempt(command)  # type: ignore[arg-type]
+                    if command.timeout is None:  # type: ignore[union-attr]
+                        reply = call_handler(command)  # type: ignore[arg-type]
+                        if type(reply.value) not in _NEVER_AWAITABLE:
+                            reply = _reject_awaitable(reply, command)  # type: ignore[arg-type]
+                    else:
+                        reply = self._timed_attempt(command)  # type: ignore[arg-type]
                 else:
                     seconds = command.seconds  # type: ignore[union-attr]
                     reply = self._clock.sleep(seconds) if seconds > 0 else None
@@ -290,9 +307,8 @@ class DurableWorkflowRuntime(RuntimeBase):
         finally:
             machine.close()
 
-    def _attempt(self, command: RunAttempt) -> AttemptOutcome:
-        if command.timeout is None:
-            return _reject_awaitable(call_handler(command), command)
+    def _timed_attempt(self, command: RunAttempt) -> AttemptOutcome:
+        assert command.timeout is not None
         # A sync handler cannot be interrupted: it runs in a daemon thread that is abandoned at
         # the deadline. Its late result lands in a box nobody reads, so it is never recorded.
         box: list[Any] = []

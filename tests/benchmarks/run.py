@@ -1,0 +1,419 @@
+"""durably's benchmark suite: every figure beside a baseline measured in the same run.
+
+    python tests/benchmarks/run.py            # the full suite (a few minutes on 2 cores)
+    python tests/benchmarks/run.py --quick    # a smaller version (well under 20 s): CI smoke
+    python tests/benchmarks/run.py --json results.json
+
+Each scenario runs durably and its baseline interleaved, several repetitions, and prints the
+median and min-max of both, their ratio, and PASS/MISS against the target from the speed issue.
+Standard library only; not collected by pytest. The exit status is 0 whatever the ratios (CI
+checks that the suite runs; noise must not fail it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "src"))
+
+import durably  # noqa: E402
+from durably import (  # noqa: E402
+    DurableWorkflowRuntime,
+    InMemoryStepStorage,
+    RetryPolicy,
+    SqliteStepStorage,
+)
+from durably.testing import FakeClock  # noqa: E402
+
+RESULT = {"order": 4242, "customer": "c" * 40, "items": ["sku-1", "sku-2", "sku-3"],
+          "total": 129.5, "paid": True, "note": "n" * 60}  # ~200 bytes of JSON
+ROW = json.dumps(RESULT)
+
+
+@dataclass
+class Row:
+    """One line of the report: durably against its baseline."""
+
+    scenario: str
+    unit: str
+    durably: list[float]
+    baseline: list[float]
+    baseline_name: str
+    target: str = ""
+    passed: bool | None = None
+    ratio: float = 0.0
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def per_step(seconds: float, steps: int) -> float:
+    return seconds / steps * 1e6
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+# ------------------------------------------------------------------ 1. durable steps on SQLite
+
+
+def raw_commits(path: str, steps: int, synchronous: str) -> float:
+    """The baseline: BEGIN; INSERT; COMMIT of a pre-encoded ~200-byte row per step."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    conn.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, data TEXT)")
+    start = time.perf_counter()
+    for _ in range(steps):
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO t (data) VALUES (?)", (ROW,))
+        conn.execute("COMMIT")
+    elapsed = time.perf_counter() - start
+    conn.close()
+    return elapsed
+
+
+def durable_steps(path: str, steps: int, durability: str, workflow: str = "bench") -> float:
+    runtime = DurableWorkflowRuntime(storage=SqliteStepStorage(path, durability=durability),
+                                     workflow_id=workflow, clock=FakeClock())
+    runtime.register("Bench.step", lambda n: RESULT)
+    start = time.perf_counter()
+    for n in range(steps):
+        runtime.do("Bench.step", n)
+    elapsed = time.perf_counter() - start
+    runtime.close()
+    return elapsed
+
+
+def scenario_sqlite(directory: Path, steps: int, reps: int) -> list[Row]:
+    rows = []
+    for durability, synchronous, floor in (("normal", "NORMAL", 0.30), ("full", "FULL", 0.50)):
+        ours, raw = [], []
+        for rep in range(reps):
+            ours.append(per_step(durable_steps(str(directory / f"d-{durability}-{rep}.db"),
+                                               steps, durability), steps))
+            raw.append(per_step(raw_commits(str(directory / f"r-{durability}-{rep}.db"),
+                                            steps, synchronous), steps))
+        rate = median(raw) / median(ours)
+        rows.append(Row(f"1. durable step, SQLite {durability}", "µs/step", ours, raw,
+                        f"raw BEGIN;INSERT;COMMIT ({synchronous})",
+                        f"rate >= {floor} of raw", rate >= floor, rate,
+                        f"rate ratio {rate:.2f}; {1e6 / median(ours):,.0f} steps/s"))
+    return rows
+
+
+# ------------------------------------------------------------------ 2. in-memory overhead
+
+
+def scenario_memory(steps: int, reps: int) -> list[Row]:
+    first, replay, baseline = [], [], []
+    for _ in range(reps):
+        storage = InMemoryStepStorage()
+        runtime = DurableWorkflowRuntime(storage=storage, workflow_id="bench",
+                                         clock=FakeClock())
+        runtime.register("Bench.step", lambda n: RESULT)
+        first.append(per_step(timed(lambda r=runtime: [r.do("Bench.step", n)  # type: ignore[misc]
+                                                        for n in range(steps)]), steps))
+        rerun = runtime.for_workflow("bench")
+        replay.append(per_step(timed(lambda r=rerun: [r.do("Bench.step", n)  # type: ignore[misc]
+                                                       for n in range(steps)]), steps))
+        baseline.append(per_step(timed(lambda: [json.loads(json.dumps(RESULT))
+                                                for _ in range(steps)]), steps))
+    ratio_first = median(first) / median(baseline)
+    ratio_replay = median(replay) / median(baseline)
+    return [
+        Row("2. in-memory do, first run", "µs/step", first, baseline, "json.dumps+loads",
+            "<= 3x", ratio_first <= 3, ratio_first),
+        Row("2. in-memory do, replay", "µs/step", replay, baseline, "json.dumps+loads",
+            "<= 1.5x", ratio_replay <= 1.5, ratio_replay),
+    ]
+
+
+# ------------------------------------------------------------------ 3. replay from SQLite
+
+
+def scenario_sqlite_replay(directory: Path, steps: int, reps: int) -> list[Row]:
+    path = directory / "replay.db"
+    durable_steps(str(path), steps, "normal")
+    conn = sqlite3.connect(path)
+    ids = [row[0] for row in conn.execute(
+        "SELECT step_id FROM durably_steps WHERE workflow_id = 'bench' ORDER BY created_at")]
+    conn.close()
+    ours, raw = [], []
+    for _ in range(reps):
+        runtime = DurableWorkflowRuntime(storage=SqliteStepStorage(path), workflow_id="bench",
+                                         clock=FakeClock())
+        ours.append(per_step(timed(lambda r=runtime: [r.do("Bench.step", n)  # type: ignore[misc]
+                                                       for n in range(steps)]), steps))
+        runtime.close()
+        conn = sqlite3.connect(path)
+
+        def lookups(conn: sqlite3.Connection = conn) -> None:
+            for step_id in ids:
+                row = conn.execute("SELECT result FROM durably_steps WHERE step_id = ?",
+                                   (step_id,)).fetchone()
+                json.loads(row[0])
+
+        raw.append(per_step(timed(lookups), steps))
+        conn.close()
+    rate = median(raw) / median(ours)
+    return [Row(f"3. replay {steps:,} steps from SQLite", "µs/step", ours, raw,
+                "raw PK lookup + json.loads", "rate >= 0.50 of raw", rate >= 0.5, rate,
+                f"rate ratio {rate:.2f}")]
+
+
+# ------------------------------------------------------------------ 4. retry overhead
+
+
+class _Flaky:
+    """Fails the first two calls of every three (so each step needs three attempts)."""
+
+    def __init__(self, failing: bool = True) -> None:
+        self.calls = 0
+        self.failing = failing
+
+    def __call__(self, n: int) -> dict[str, Any]:
+        self.calls += 1
+        if self.failing and self.calls % 3:
+            raise ConnectionError("flaky")
+        return RESULT
+
+
+def _durable_loop(handler: _Flaky, steps: int) -> float:
+    runtime = DurableWorkflowRuntime(workflow_id="bench",
+                                     retry_policy=RetryPolicy(max_attempts=3, initial_delay=0))
+    runtime.register("Bench.flaky", handler)
+    return timed(lambda: [runtime.do("Bench.flaky", n) for n in range(steps)])
+
+
+def _hand_loop(handler: _Flaky, steps: int) -> float:
+    def loop() -> None:
+        for n in range(steps):
+            for attempt in range(3):
+                try:
+                    handler(n)
+                    break
+                except ConnectionError:
+                    if attempt == 2:
+                        raise
+
+    return timed(loop)
+
+
+def scenario_retries(steps: int, reps: int) -> list[Row]:
+    """Cost per failed attempt: (loop with two failures per step - loop without) / 2."""
+    real_sleep = time.sleep
+    slept: list[float] = []
+    time.sleep = lambda seconds: slept.append(seconds)  # type: ignore[assignment]
+    try:
+        ours, raw = [], []
+        for _ in range(reps):
+            ours.append(per_step(_durable_loop(_Flaky(), steps)
+                                 - _durable_loop(_Flaky(failing=False), steps), steps) / 2)
+            raw.append(per_step(_hand_loop(_Flaky(), steps)
+                                - _hand_loop(_Flaky(failing=False), steps), steps) / 2)
+    finally:
+        time.sleep = real_sleep  # type: ignore[assignment]
+    ratio = median(ours) / median(raw)
+    return [Row("4. retry overhead per failed attempt", "µs/attempt", ours, raw,
+                "hand-written try/except loop", "<= 10x, no sleep",
+                ratio <= 10 and not slept, ratio,
+                f"time.sleep calls with zero delay: {len(slept)}")]
+
+
+# ------------------------------------------------------------------ 5. scale
+
+
+def populate(path: Path, records: int) -> None:
+    """Put ``records`` completed steps of other workflows in a durably database, fast."""
+    SqliteStepStorage(path).close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA synchronous = OFF")
+    conn.execute("BEGIN")
+    batch = []
+    for n in range(records):
+        batch.append((f"s1_{uuid.uuid4().hex}", f"other-{n // 100}", "Bench.step",
+                      "completed", ROW, None, 1, float(n), float(n), float(n), float(n),
+                      None, float(n)))
+        if len(batch) == 10_000:
+            conn.executemany("INSERT INTO durably_steps VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                             batch)
+            batch.clear()
+    if batch:
+        conn.executemany("INSERT INTO durably_steps VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", batch)
+    conn.execute("COMMIT")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+
+
+def scenario_scale(directory: Path, sizes: list[int], steps: int, reps: int) -> list[Row]:
+    rows = []
+    first_costs: list[float] = []
+    for size in sizes:
+        path = directory / f"scale-{size}.db"
+        populate(path, size)
+        before = path.stat().st_size
+        writes, replays = [], []
+        for rep in range(reps):
+            workflow = f"scale-{rep}"
+            writes.append(per_step(durable_steps(str(path), steps, "normal", workflow), steps))
+            runtime = DurableWorkflowRuntime(storage=SqliteStepStorage(path),
+                                             workflow_id=workflow, clock=FakeClock())
+            replays.append(per_step(timed(lambda r=runtime: [  # type: ignore[misc]
+                r.do("Bench.step", n) for n in range(steps)]), steps))
+            runtime.close()
+        conn = sqlite3.connect(path)
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.close()
+        growth = (path.stat().st_size - before) / (steps * reps)
+        first_costs.append(median(writes))
+        ratio = median(writes) / first_costs[0]
+        rows.append(Row(f"5. scale: {size:,} records", "µs/step", writes, replays,
+                        "(replay µs/step)", f"<= 1.5x the {sizes[0]:,} cost", ratio <= 1.5,
+                        ratio, f"{1e6 / median(writes):,.0f} steps/s; replay "
+                        f"{median(replays):.1f} µs/step; {growth:,.0f} bytes/step on disk"))
+    return rows
+
+
+# ------------------------------------------------------------------ 6. two processes
+
+
+WRITER = """
+import sys, time
+sys.path.insert(0, {src!r})
+sys.path.insert(0, {here!r})
+from run import durable_steps
+print(durable_steps(sys.argv[1], int(sys.argv[2]), "normal", sys.argv[3]))
+"""
+
+
+def scenario_two_processes(directory: Path, steps: int, reps: int) -> list[Row]:
+    script = WRITER.format(src=str(ROOT / "src"), here=str(Path(__file__).parent))
+    one, two = [], []
+    for rep in range(reps):
+        path = directory / f"two-{rep}.db"
+        SqliteStepStorage(path).close()
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", script, str(path), str(steps), "solo"],
+                       check=True, capture_output=True)
+        one.append(steps / (time.perf_counter() - start))
+        start = time.perf_counter()
+        workers = [subprocess.Popen([sys.executable, "-c", script, str(path), str(steps),
+                                     f"pair-{n}"], stdout=subprocess.PIPE)
+                   for n in range(2)]
+        for worker in workers:
+            worker.communicate()
+        two.append(2 * steps / (time.perf_counter() - start))
+    ratio = median(two) / median(one)
+    return [Row("6. two processes, one file", "steps/s", two, one, "one process",
+                "(reported)", None, ratio, f"combined throughput {ratio:.2f}x one process")]
+
+
+# ------------------------------------------------------------------ 7. import time
+
+
+def import_seconds(code: str) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True,
+                   env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    return time.perf_counter() - start
+
+
+def scenario_import(reps: int) -> list[Row]:
+    ours, base = [], []
+    for _ in range(reps):
+        ours.append(import_seconds("import durably") * 1e3)
+        base.append(import_seconds("import sqlite3, json") * 1e3)
+    ratio = median(ours) / median(base)
+    return [Row("7. import time", "ms", ours, base, "import sqlite3, json", "<= 1.5x",
+                ratio <= 1.5, ratio)]
+
+
+# ------------------------------------------------------------------ 8. DBOS, if present
+
+
+def scenario_dbos() -> list[Row]:
+    try:
+        import dbos  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError:
+        return [Row("8. DBOS Transact", "", [], [], "", "(dbos not importable: skipped)")]
+    return [Row("8. DBOS Transact", "", [], [], "",
+                "(dbos importable but not measured by this version of the suite)")]
+
+
+# ------------------------------------------------------------------ report
+
+
+def report(rows: list[Row]) -> None:
+    header = (f"{'scenario':<38} {'durably':>24} {'baseline':>24} {'ratio':>7}  "
+              f"{'target':<26} verdict")
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        if not row.durably:
+            print(f"{row.scenario:<38} {row.target}")
+            continue
+
+        def cell(values: list[float]) -> str:
+            return f"{median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
+
+        verdict = "" if row.passed is None else ("PASS" if row.passed else "MISS")
+        print(f"{row.scenario:<38} {cell(row.durably):>24} {cell(row.baseline):>24} "
+              f"{row.ratio:>7.2f}  {row.target:<26} {verdict}")
+        print(f"{'':<38} {row.unit}; baseline: {row.baseline_name}"
+              + (f"; {row.notes}" if row.notes else ""))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a smaller, faster version")
+    parser.add_argument("--json", type=Path, help="also write the rows to this file")
+    options = parser.parse_args()
+    quick = options.quick
+    reps = 3 if quick else 7
+    started = time.perf_counter()
+    print(f"durably {durably.__version__}, Python {sys.version.split()[0]}, "
+          f"SQLite {sqlite3.sqlite_version}, {os.cpu_count()} CPUs"
+          + (" (quick)" if quick else ""))
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory() as name:
+        directory = Path(name)
+        rows += scenario_sqlite(directory, 200 if quick else 2000, reps)
+        rows += scenario_memory(2000 if quick else 20000, reps)
+        rows += scenario_sqlite_replay(directory, 1000 if quick else 10000, reps)
+        rows += scenario_retries(1000 if quick else 10000, reps)
+        rows += scenario_scale(directory, [10**3, 10**4] if quick
+                               else [10**3, 10**4, 10**5, 10**6], 200 if quick else 2000,
+                               2 if quick else 3)
+        rows += scenario_two_processes(directory, 200 if quick else 2000, 2 if quick else 3)
+        rows += scenario_import(5 if quick else 15)
+        rows += scenario_dbos()
+    report(rows)
+    print(f"\n{time.perf_counter() - started:.1f} s")
+    if options.json is not None:
+        options.json.write_text(json.dumps([asdict(row) for row in rows], indent=2))
+
+
+if __name__ == "__main__":
+    main()
