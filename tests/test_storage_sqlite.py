@@ -50,6 +50,7 @@ def test_database_uses_wal_and_pinned_schema(tmp_path: Path) -> None:
     SqliteStepStorage(path).close()
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA page_size").fetchone()[0] == 1024
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
     columns = [row[1] for row in conn.execute("PRAGMA table_info(durably_steps)")]
     assert columns == [

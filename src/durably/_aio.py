@@ -213,7 +213,11 @@ class AsyncDurableWorkflowRuntime(RuntimeBase):
     # ------------------------------------------------------------ driving the core
 
     async def _run_durable(self, plan: StepPlan) -> Any:
-        stored = await self._store(self._storage.get, plan.step_id)
+        known = self._known
+        if known is None:
+            records = await self._store(self._storage.list, self._workflow_id)
+            known = self._index_records(records)
+        stored = known.get(plan.step_id)
         replayed = completed_value(self._codec, stored)
         if replayed is not NOT_COMPLETED:
             return replayed
@@ -273,6 +277,7 @@ class AsyncDurableWorkflowRuntime(RuntimeBase):
                 if kind is Write:
                     record = command.record  # type: ignore[union-attr]
                     reply = await self._store(self._storage.set, record)
+                    self._known[reply.step_id] = reply  # type: ignore[index]
                 elif kind is RunAttempt:
                     reply = await self._attempt(command)  # type: ignore[arg-type]
                 else:

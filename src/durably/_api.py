@@ -14,7 +14,7 @@ from ._codec import Codec, JsonCodec
 from ._core import Clock, Handler, Hooks, StepPlan, active_step
 from ._errors import ConfigurationError, SerializationError
 from ._ids import CallCounter, call_hash
-from ._records import Pipeline
+from ._records import Pipeline, StepRecord
 from ._registry import Domain, Registry, callable_name, validate_action_name
 from ._retry import RetryPolicy
 from ._storage import InMemoryStepStorage, StepStorage
@@ -91,6 +91,12 @@ class RuntimeBase:
         self._codec: Codec = codec if codec is not None else JsonCodec()
         self._registry = Registry(accepts_async=self._accepts_async)
         self._counter = CallCounter()
+        # The workflow's records, read in one query at the first durable call and kept up to
+        # date with this runtime's own writes: replays are answered from memory, and a new
+        # step needs no read before its first write. Another process's later writes are
+        # covered by the storage rule that a COMPLETED record is final: writing over one hands
+        # it back, and the runtime then returns it instead of running the step.
+        self._known: dict[str, StepRecord] | None = None
 
     # ------------------------------------------------------------ flavour hooks
 
@@ -131,6 +137,7 @@ class RuntimeBase:
         clone.__dict__.update(self.__dict__)
         clone._workflow_id = self._check_workflow_id(workflow_id)
         clone._counter = CallCounter()
+        clone._known = None
         return clone
 
     # ------------------------------------------------------------ registration
@@ -178,6 +185,14 @@ class RuntimeBase:
         The call runs ``"Inventory.check"`` as ``handler(product, qty)`` in ``mode``.
         """
         return Proxy(self, _check_mode(mode))
+
+    # ------------------------------------------------------------ what is recorded
+
+    def _index_records(self, records: list[StepRecord]) -> dict[str, StepRecord]:
+        known = {record.step_id: record for record in records}
+        if self._known is None:  # another thread may have loaded it meanwhile: keep theirs
+            self._known = known
+        return self._known
 
     # ------------------------------------------------------------ planning
 

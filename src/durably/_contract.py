@@ -98,6 +98,16 @@ class StorageContract:
             assert storage.set(record) == record
             assert storage.get("step") == record
 
+    def test_set_replaces_every_field(self, storage: StepStorage) -> None:
+        """A later ``set`` of an unfinished step replaces all fields, its keys' included."""
+        storage.set(_record("moved", workflow_id="a", created_at=1.0, action="A.one"))
+        later = _record("moved", workflow_id="b", created_at=2.0, action="B.two", attempts=3,
+                        status=StepStatus.RETRYING, next_attempt_at=9.0)
+        assert storage.set(later) == later
+        assert storage.get("moved") == later
+        assert [r.step_id for r in storage.list(workflow_id="a")] == []
+        assert [r.step_id for r in storage.list(workflow_id="b")] == ["moved"]
+
     def test_completed_is_final(self, storage: StepStorage) -> None:
         """A COMPLETED record is never replaced; ``set`` returns the stored one instead."""
         first = _completed("final", '"first"')

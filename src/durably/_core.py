@@ -478,12 +478,15 @@ def durable_step(
                 f" ({decision.reason})",
             ) from error
         error_info = ErrorInfo.from_exception(error, with_traceback=False)
-        written = yield Write(new_record(
-            step_id, workflow_id, action, RETRYING, None, error_info, attempts, created_at,
-            started_at, t, None, t + decision.delay, budget_started_at))
-        if written.status is COMPLETED:
-            return decode_result(codec, written)
         if decision.delay > 0:
+            # The wait is part of the schedule: record it, so that a crash during it resumes
+            # the rest of it. A retry with no wait goes straight to the next attempt's RUNNING
+            # marker, which carries this error and counts attempts just the same.
+            written = yield Write(new_record(
+                step_id, workflow_id, action, RETRYING, None, error_info, attempts, created_at,
+                started_at, t, None, t + decision.delay, budget_started_at))
+            if written.status is COMPLETED:
+                return decode_result(codec, written)
             yield Sleep(decision.delay)
 
 

@@ -182,6 +182,8 @@ def decide_retry(
         requested: Any = error.delay
         delay = float(requested) if _is_number(requested) and requested == requested else 0.0
         delay = min(policy.max_delay, max(0.0, delay))
+    elif policy.jitter == 0 or policy.initial_delay == 0 or policy.max_delay == 0:
+        delay = backoff_delay(policy, attempts, 0.0)  # nothing to randomise: skip the hash
     else:
         delay = backoff_delay(policy, attempts, jitter_fraction(workflow_id, step_id, attempts))
     if policy.max_elapsed is not None and now + delay - budget_started_at > policy.max_elapsed:

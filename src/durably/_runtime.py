@@ -261,7 +261,10 @@ class DurableWorkflowRuntime(RuntimeBase):
     # ------------------------------------------------------------ driving the core
 
     def _run_durable(self, plan: StepPlan) -> Any:
-        stored = self._storage.get(plan.step_id)
+        known = self._known
+        if known is None:
+            known = self._index_records(self._storage.list(workflow_id=self._workflow_id))
+        stored = known.get(plan.step_id)
         replayed = completed_value(self._codec, stored)
         if replayed is not NOT_COMPLETED:
             return replayed
@@ -292,6 +295,7 @@ class DurableWorkflowRuntime(RuntimeBase):
                 kind = type(command)
                 if kind is Write:
                     reply = self._storage.set(command.record)  # type: ignore[union-attr]
+                    self._known[reply.step_id] = reply  # type: ignore[index]
                 elif kind is RunAttempt:
                     if command.timeout is None:  # type: ignore[union-attr]
                         reply = call_handler(command)  # type: ignore[arg-type]
