@@ -33,7 +33,7 @@ def call_hash(
     """
     text = None
     try:
-        if is_plain(context, True) and is_plain(args, True):
+        if is_plain(context, True) and (not args or is_plain(args, True)):
             # Plain JSON data is its own canonical form: one C-level encoding, no walk.
             text = dump_canonical([workflow_id, parent, action, context, args])
     except (ValueError, RecursionError):
