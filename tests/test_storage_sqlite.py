@@ -197,22 +197,34 @@ def test_closed_storage_raises_storage_error(tmp_path: Path) -> None:
 
 
 def test_full_durability_syncs_outcomes_and_not_markers(tmp_path: Path) -> None:
-    """With "full", outcome commits run at synchronous=FULL and markers at NORMAL."""
-    seen: list[int] = []
+    """With "full", outcomes are written at synchronous=FULL and markers at NORMAL."""
+    seen: list[tuple[str, int]] = []
 
     class Spy(SqliteStepStorage):
-        def set(self, record):  # type: ignore[no-untyped-def]
-            stored = super().set(record)
-            seen.append(self._connection().execute("PRAGMA synchronous").fetchone()[0])
-            return stored
+        def connect(self) -> sqlite3.Connection:
+            conn = super().connect()
 
+            def trace(statement: str) -> None:
+                if statement.startswith(("INSERT", "UPDATE")):
+                    level = spy_levels[id(conn)]
+                    seen.append((statement.split()[0], level))
+
+            conn.set_trace_callback(trace)
+            return conn
+
+    spy_levels: dict[int, int] = {}
     store = Spy(tmp_path / "steps.db", durability="full")
+    for conn in {store._conn, store._outcome_conn}:
+        assert conn is not None
+        spy_levels[id(conn)] = conn.execute("PRAGMA synchronous").fetchone()[0]
     store.set(_record("a"))
     store.set(_completed("a", "1"))
-    store.set(_record("b", status=StepStatus.RETRYING))
-    store.set(_record("b", status=StepStatus.FAILED))
+    store.set(_record("b", status=StepStatus.RETRYING, attempts=2))
+    store.set(_record("b", status=StepStatus.FAILED, attempts=2))
     store.close()
-    assert seen == [1, 2, 1, 2]  # 1 = NORMAL, 2 = FULL
+    # 1 = NORMAL, 2 = FULL: the markers (RUNNING, RETRYING; the latter tries an UPDATE, then
+    # inserts) at NORMAL, the outcomes (COMPLETED, FAILED) at FULL.
+    assert seen == [("INSERT", 1), ("UPDATE", 2), ("UPDATE", 1), ("INSERT", 1), ("UPDATE", 2)]
 
 
 def test_connect_is_an_extension_point(tmp_path: Path) -> None:

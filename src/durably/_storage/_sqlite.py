@@ -134,11 +134,16 @@ class SqliteStepStorage:
         self.table = table
         self.busy_timeout = float(busy_timeout)
         self._lock = threading.RLock()
-        self._synchronous_full = False
         self._build_statements()
         if not _is_memory(self.path):
             self._check_location()
         self._conn: sqlite3.Connection | None = self._open()
+        # With "full", outcomes go through a second connection kept at synchronous=FULL, and
+        # markers through the first at NORMAL. Switching one connection's pragma back and
+        # forth on every write measurably costs more than the second connection.
+        self._outcome_conn: sqlite3.Connection | None = self._conn
+        if durability == "full" and not _is_memory(self.path):
+            self._outcome_conn = self._open_outcome_connection()
 
     # ----------------------------------------------------------------- extension point
 
@@ -226,13 +231,7 @@ class SqliteStepStorage:
                 # It only takes effect on a new, empty file.
                 conn.execute("PRAGMA page_size = 1024")
                 self._enable_wal(conn)
-            conn.execute("PRAGMA synchronous = NORMAL")
-            # Checkpoint after 16 MiB of log rather than SQLite's default 1000 pages (1 MiB at
-            # our page size): each checkpoint syncs the database file, and a larger log lets
-            # many commits to the same pages collapse into one copy. The log is truncated back
-            # to that size after a checkpoint, so disk use stays bounded.
-            conn.execute("PRAGMA wal_autocheckpoint = 16384")
-            conn.execute("PRAGMA journal_size_limit = 16777216")
+            self._tune(conn, full=False)
             if version < SCHEMA_VERSION or not has_table:
                 self._migrate(conn)
         except sqlite3.Error as error:
@@ -242,6 +241,26 @@ class SqliteStepStorage:
         except BaseException:
             conn.close()
             raise
+        return conn
+
+    @staticmethod
+    def _tune(conn: sqlite3.Connection, *, full: bool) -> None:
+        conn.execute("PRAGMA synchronous = FULL" if full else "PRAGMA synchronous = NORMAL")
+        # Checkpoint after 16 MiB of log rather than SQLite's default 1000 pages (1 MiB at
+        # our page size): each checkpoint syncs the database file, and a larger log lets
+        # many commits to the same pages collapse into one copy. The log is truncated back
+        # to that size after a checkpoint, so disk use stays bounded.
+        conn.execute("PRAGMA wal_autocheckpoint = 16384")
+        conn.execute("PRAGMA journal_size_limit = 16777216")
+
+    def _open_outcome_connection(self) -> sqlite3.Connection:
+        try:
+            conn = self.connect()
+            self._tune(conn, full=True)
+        except sqlite3.Error as error:
+            self.close()
+            raise StorageError(f"cannot open step database {self.path!r}: {error}",
+                               path=self.path) from error
         return conn
 
     def _read_schema(self, conn: sqlite3.Connection) -> tuple[int, bool]:
@@ -358,9 +377,9 @@ class SqliteStepStorage:
         probably_new = record.attempts <= 1 and record.status is StepStatus.RUNNING
         with self._lock:
             conn = self._connection()
+            if record.status in _OUTCOMES and self._outcome_conn is not None:
+                conn = self._outcome_conn
             try:
-                if self.durability == "full":
-                    self._match_synchronous(conn, record.status in _OUTCOMES)
                 if not probably_new and conn.execute(
                     self._sql_update, (*row[2:7], *row[8:], row[0], row[1], row[7])
                 ).rowcount:
@@ -371,11 +390,6 @@ class SqliteStepStorage:
             except sqlite3.Error as error:
                 raise self._failure(error, "writing", record.step_id) from error
         return self._row_to_record(stored)
-
-    def _match_synchronous(self, conn: sqlite3.Connection, full: bool) -> None:
-        if full != self._synchronous_full:
-            conn.execute("PRAGMA synchronous = FULL" if full else "PRAGMA synchronous = NORMAL")
-            self._synchronous_full = full
 
     def delete(self, step_id: str) -> bool:
         """Remove the record; return whether there was one."""
@@ -407,11 +421,12 @@ class SqliteStepStorage:
         return [self._row_to_record(row) for row in rows]
 
     def close(self) -> None:
-        """Close the connection. Idempotent; later calls raise ``StorageError``."""
+        """Close the connections. Idempotent; later calls raise ``StorageError``."""
         with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            for conn in {id(c): c for c in (self._conn, getattr(self, "_outcome_conn", None))
+                         if c is not None}.values():
+                conn.close()
+            self._conn = self._outcome_conn = None
 
     def __repr__(self) -> str:
         return f"SqliteStepStorage({self.path!r}, durability={self.durability!r})"
