@@ -228,8 +228,9 @@ class RuntimeBase:
             step_id = counter.next_id(base)
         else:
             step_id = _check_step_id(step_id)
+        # Positional arguments: this runs on every durable call, replays included.
         return StepPlan(step_id, self._workflow_id, name, data, args, retry or self._policy,
-                        "do", handler=handler, lookup=self._registry.lookup, context_hash=base)
+                        "do", handler, self._registry.lookup, base)
 
     def _plan_try(self, action: object, data: Any, args: tuple[Any, ...],
                   step_id: str | None) -> StepPlan:

@@ -261,7 +261,6 @@ class StepPlan:
         args: tuple[Any, ...],
         policy: RetryPolicy,
         mode: str,
-        *,
         handler: Handler | None = None,
         lookup: Callable[[str], Handler] | None = None,
         context_hash: str | None = None,

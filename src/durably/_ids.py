@@ -11,7 +11,7 @@ The ``s1_`` prefix versions the scheme; golden tests pin it.
 from __future__ import annotations
 
 import hashlib
-import threading
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -60,21 +60,21 @@ def numbered(base: str, n: int) -> str:
 class CallCounter:
     """Counts calls per hash within one scope, to number identical calls ``#1``, ``#2``...
 
-    Thread-safe: two threads never receive the same number for one hash.
+    Thread-safe without a lock: ``dict.setdefault`` and ``next()`` on an ``itertools.count``
+    are each a single C call, so two threads never receive the same number for one hash.
     """
 
     def __init__(self) -> None:
-        self._seen: dict[str, int] = {}
-        self._lock = threading.Lock()
+        self._seen: dict[str, itertools.count[int]] = {}
 
     def next_id(self, base: str) -> str:
         """Return the id for the next call with hash ``base`` in this scope."""
-        with self._lock:
-            n = self._seen.get(base, 0)
-            self._seen[base] = n + 1
-        return numbered(base, n)
+        counter = self._seen.get(base)
+        if counter is None:
+            counter = self._seen.setdefault(base, itertools.count())
+        n = next(counter)
+        return base if n == 0 else f"{base}#{n}"
 
     def reset(self) -> None:
         """Forget every count (a parent's new attempt starts numbering afresh)."""
-        with self._lock:
-            self._seen.clear()
+        self._seen.clear()
