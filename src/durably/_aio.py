@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 
-from ._api import RuntimeBase, fresh_id
+from ._api import RuntimeBase
 from ._core import (
     NOT_COMPLETED,
     AttemptOutcome,
@@ -107,19 +107,6 @@ class AsyncDurableWorkflowRuntime(RuntimeBase):
 
     # ------------------------------------------------------------ the three levels
 
-    def send(self, event: str, data: Any = None) -> None:
-        """Schedule delivery of ``data`` to every subscriber of ``event`` as tasks.
-
-        Returns ``None`` at once and never raises; needs a running event loop (without one,
-        the event is logged and dropped). Subscriber errors go to ``on_step_error`` and the
-        ``durably`` logger.
-        """
-        try:
-            for plan in self._plan_deliveries(event, data):
-                self._dispatch(plan)
-        except Exception:
-            logger().exception("durably: send(%r) could not be delivered", event)
-
     def try_(self, action: Any, data: Any = None, *,
              step_id: str | None = None) -> Coroutine[Any, Any, Any]:
         """Run ``action(data)`` once, store nothing; await it for the handler's value.
@@ -167,15 +154,6 @@ class AsyncDurableWorkflowRuntime(RuntimeBase):
             return await self._run_once(plan)
         self._dispatch(plan)
         return None
-
-    def _proxy_call(self, path: tuple[str, ...], context: Any, args: tuple[Any, ...],
-                    mode: str) -> Coroutine[Any, Any, Any]:
-        name = ".".join(path)
-        if mode == "do":
-            return self._run_durable(self._plan_do(name, context, args, None, None))
-        if mode == "try":
-            return self._run_once(self._plan_try(name, context, args, None))
-        return self.execute_step(fresh_id("send"), Pipeline(path, context), args, "send")
 
     # ------------------------------------------------------------ lifecycle
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, TypeVar
 
 from ._codec import Codec, JsonCodec
-from ._core import Clock, Handler, Hooks, StepPlan, active_step
+from ._core import Clock, Handler, Hooks, StepPlan, active_step, logger
 from ._errors import ConfigurationError, SerializationError
 from ._ids import CallCounter, call_hash
 from ._records import Pipeline, StepRecord
@@ -279,8 +279,46 @@ class RuntimeBase:
                                   self._policy, "send", handler=handler, pipeline=pipeline))
         return plans
 
+    # ------------------------------------------------------------ shared entry points
+
+    def send(self, event: str, data: Any = None) -> None:
+        """Deliver ``data`` to every subscriber of ``event`` in the background.
+
+        Returns ``None`` at once and never raises: a subscriber's error goes to
+        ``on_step_error`` and the ``durably`` logger. Nothing is stored; ``data`` need not be
+        encodable. The sync runtime delivers on a small thread pool; the asyncio runtime as
+        tasks, which needs a running event loop (without one the event is logged and dropped).
+        """
+        try:
+            for plan in self._plan_deliveries(event, data):
+                self._dispatch(plan)
+        except Exception:
+            logger().exception("durably: send(%r) could not be delivered", event)
+
     def _proxy_call(self, path: tuple[str, ...], context: Any, args: tuple[Any, ...],
                     mode: str) -> Any:
+        """Run a proxy call; the flavour's own methods make it blocking or awaitable."""
+        name = ".".join(path)
+        if mode == "do":
+            return self._run_durable(self._plan_do(name, context, args, None, None))
+        if mode == "try":
+            return self._run_once(self._plan_try(name, context, args, None))
+        return self.execute_step(fresh_id("send"), Pipeline(path, context), args, "send")
+
+    # What each flavour provides: blocking calls in one, coroutines in the other.
+
+    def _run_durable(self, plan: StepPlan) -> Any:
+        raise NotImplementedError
+
+    def _run_once(self, plan: StepPlan) -> Any:
+        raise NotImplementedError
+
+    def _dispatch(self, plan: StepPlan) -> None:
+        raise NotImplementedError
+
+    def execute_step(self, step_id: str, pipeline: Pipeline, args: Sequence[Any] = (),
+                     mode: str = "do", *, retry: RetryPolicy | None = None) -> Any:
+        """Run ``pipeline``'s action under ``step_id`` in ``mode`` (see each flavour)."""
         raise NotImplementedError
 
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from ._api import RuntimeBase, fresh_id
+from ._api import RuntimeBase
 from ._core import (
     NOT_COMPLETED,
     AttemptOutcome,
@@ -147,18 +147,6 @@ class DurableWorkflowRuntime(RuntimeBase):
 
     # ------------------------------------------------------------ the three levels
 
-    def send(self, event: str, data: Any = None) -> None:
-        """Deliver ``data`` to every subscriber of ``event`` in the background.
-
-        Returns at once and never raises: a subscriber's error goes to ``on_step_error`` and
-        the ``durably`` logger. Nothing is stored; ``data`` need not be encodable.
-        """
-        try:
-            for plan in self._plan_deliveries(event, data):
-                self._dispatch(plan)
-        except Exception:
-            logger().exception("durably: send(%r) could not be delivered", event)
-
     def try_(self, action: Any, data: Any = None, *, step_id: str | None = None) -> Any:
         """Run ``action(data)`` once, store nothing, and return its value.
 
@@ -222,15 +210,6 @@ class DurableWorkflowRuntime(RuntimeBase):
             return self._run_once(plan)
         self._dispatch(plan)
         return None
-
-    def _proxy_call(self, path: tuple[str, ...], context: Any, args: tuple[Any, ...],
-                    mode: str) -> Any:
-        name = ".".join(path)
-        if mode == "do":
-            return self._run_durable(self._plan_do(name, context, args, None, None))
-        if mode == "try":
-            return self._run_once(self._plan_try(name, context, args, None))
-        return self.execute_step(fresh_id("send"), Pipeline(path, context), args, "send")
 
     # ------------------------------------------------------------ lifecycle
 
