@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, SupportsIndex
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
@@ -307,8 +307,8 @@ def scenario_retries(steps: int, reps: int) -> list[Row]:
     real_sleep = time.sleep
     slept: list[float] = []
 
-    def counting_sleep(seconds: float) -> None:
-        slept.append(seconds)
+    def counting_sleep(seconds: float | SupportsIndex) -> None:
+        slept.append(float(seconds))
 
     time.sleep = counting_sleep  # a zero delay must never sleep: count any call
     try:
