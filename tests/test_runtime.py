@@ -973,3 +973,47 @@ def test_flush_waits_for_deliveries_that_send_more(flavour: Flavour) -> None:
     runtime.send("Chain.first", "x")
     assert flavour.flush(runtime, 5)
     assert got == ["x"]
+
+
+def test_a_runtime_reads_its_workflow_once(flavour: Flavour) -> None:
+    """One list() at the first durable call, no per-step reads, replays from memory."""
+
+    class Counting(InMemoryStepStorage):
+        def __init__(self) -> None:
+            super().__init__()
+            self.reads: list[str] = []
+
+        def get(self, step_id: str) -> StepRecord | None:
+            self.reads.append("get")
+            return super().get(step_id)
+
+        def list(self, workflow_id: str | None = None,
+                 status: StepStatus | None = None) -> list[StepRecord]:
+            self.reads.append(f"list {workflow_id}")
+            return super().list(workflow_id, status)
+
+    storage = Counting()
+    runtime = flavour.make(storage=storage)
+    runtime.register("A.b", Counter())
+    for n in range(5):
+        flavour.run(runtime.do("A.b", n))
+    rerun = runtime.for_workflow("test")
+    for n in range(5):
+        flavour.run(rerun.do("A.b", n))
+    assert storage.reads == ["list test", "list test"]
+
+
+def test_a_step_completed_elsewhere_after_our_read_is_not_run_again(flavour: Flavour) -> None:
+    """Records written by another runtime after this one's read are still honoured: the
+    storage refuses to overwrite a COMPLETED record, and its result is returned."""
+    storage = InMemoryStepStorage()
+    ours = flavour.make(storage=storage)
+    theirs = flavour.make(storage=storage)
+    calls: list[str] = []
+    ours.register("A.b", lambda data: calls.append("ours") or "ours")
+    theirs.register("A.b", lambda data: calls.append("theirs") or "theirs")
+    ours.register("Warm.up", lambda data: None)
+    flavour.run(ours.do("Warm.up", 0))  # ours has read the workflow now
+    assert flavour.run(theirs.do("A.b", 1)) == "theirs"
+    assert flavour.run(ours.do("A.b", 1)) == "theirs"
+    assert calls == ["theirs"]
