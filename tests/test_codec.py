@@ -121,6 +121,14 @@ def test_recursive_values_are_refused_clearly() -> None:
     assert caught.value.path == "value[1]"
 
 
+def test_recursive_values_cannot_be_hashed_either() -> None:
+    """canonical_json refuses a recursive value with a SerializationError, not a crash."""
+    loop: list[Any] = []
+    loop.append(loop)
+    with pytest.raises(SerializationError, match="recursive"):
+        canonical_json({"data": loop})
+
+
 def test_values_nested_too_deeply_are_refused_clearly() -> None:
     """Deep nesting is a SerializationError, not a RecursionError."""
     deep: list[Any] = []

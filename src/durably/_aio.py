@@ -255,7 +255,7 @@ class AsyncDurableWorkflowRuntime(RuntimeBase):
                 if kind is Write:
                     record = command.record  # type: ignore[union-attr]
                     reply = await self._store(self._storage.set, record)
-                    self._known[reply.step_id] = reply  # type: ignore[index]
+                    self._note_write(reply)
                 elif kind is RunAttempt:
                     reply = await self._attempt(command)  # type: ignore[arg-type]
                 else:

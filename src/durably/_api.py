@@ -14,7 +14,7 @@ from ._codec import Codec, JsonCodec
 from ._core import Clock, Handler, Hooks, StepPlan, active_step, logger
 from ._errors import ConfigurationError, SerializationError
 from ._ids import CallCounter, call_hash
-from ._records import Pipeline, StepRecord
+from ._records import Pipeline, StepRecord, StepStatus
 from ._registry import Domain, Registry, callable_name, validate_action_name
 from ._retry import RetryPolicy
 from ._storage import InMemoryStepStorage, StepStorage
@@ -91,11 +91,9 @@ class RuntimeBase:
         self._codec: Codec = codec if codec is not None else JsonCodec()
         self._registry = Registry(accepts_async=self._accepts_async)
         self._counter = CallCounter()
-        # The workflow's records, read in one query at the first durable call and kept up to
-        # date with this runtime's own writes: replays are answered from memory, and a new
-        # step needs no read before its first write. Another process's later writes are
-        # covered by the storage rule that a COMPLETED record is final: writing over one hands
-        # it back, and the runtime then returns it instead of running the step.
+        # The workflow's records, read in one query at the first durable call: replays are
+        # answered from memory, and a new step needs no read before its first write. See
+        # _note_write for how it stays current, and bounded, afterwards.
         self._known: dict[str, StepRecord] | None = None
 
     # ------------------------------------------------------------ flavour hooks
@@ -193,6 +191,22 @@ class RuntimeBase:
         if self._known is None:  # another thread may have loaded it meanwhile: keep theirs
             self._known = known
         return self._known
+
+    def _note_write(self, record: StepRecord) -> None:
+        """Keep the picture current with one of this runtime's own writes.
+
+        An unfinished record (RUNNING, RETRYING, FAILED) is kept, so that a later call for the
+        same step continues its budget. A COMPLETED one is dropped: the picture must not grow
+        with every step a long-lived runtime runs, and none is needed, because COMPLETED is
+        final in every storage. A later call for that step (or for one another process
+        completed after the read) writes its marker, is handed the completed record back by
+        the storage, and returns its result without running the handler.
+        """
+        known: dict[str, StepRecord] = self._known  # type: ignore[assignment]  # loaded first
+        if record.status is StepStatus.COMPLETED:
+            known.pop(record.step_id, None)
+        else:
+            known[record.step_id] = record
 
     # ------------------------------------------------------------ planning
 

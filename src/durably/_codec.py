@@ -36,8 +36,8 @@ from typing import Any, Protocol
 from ._errors import SerializationError
 
 __all__ = [
-    "Codec", "JsonCodec", "PickleCodec", "canonical_json", "canonical_text", "dump_canonical",
-    "is_plain", "to_tagged",
+    "Codec", "JsonCodec", "PickleCodec", "canonical_json", "dump_canonical", "is_plain",
+    "to_tagged",
 ]
 
 TAG = "__durably__"
@@ -319,23 +319,15 @@ def to_tagged(value: Any, *, canonical: bool = False, root: str = "value") -> An
                                  type_name=_type_name(value), path=root) from None
 
 
-def canonical_text(value: Any, *, root: str = "value") -> str:
-    """Like :func:`canonical_json`, with a fast path for plain JSON values."""
-    if is_plain(value, True):
-        try:
-            return _encode_canonical(value)
-        except (ValueError, RecursionError):
-            pass  # the walk below reports it with its path
-    return _encode_canonical(to_tagged(value, canonical=True, root=root))
-
-
 def canonical_json(value: Any, *, root: str = "value") -> str:
     """Return the canonical JSON text of ``value``: the input to step-id hashing.
 
     Raises:
         SerializationError: the value (or NaN/Infinity inside it) cannot be hashed.
     """
-    return canonical_text(value, root=root)
+    # to_tagged hands plain JSON back as it is (no walk), so this is one C-level encoding for
+    # the common case, and a proper error, path included, for everything else.
+    return _encode_canonical(to_tagged(value, canonical=True, root=root))
 
 
 def _decode_timedelta(payload: Any) -> dt.timedelta:

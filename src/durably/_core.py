@@ -6,8 +6,8 @@ A step runs as a generator that yields *commands* (plain data) and receives thei
 * :class:`Sleep` -> ``None`` once the wait is over
 * :class:`RunAttempt` -> an :class:`AttemptOutcome` (the handler's value or its exception)
 
-The driver loads the step's record before it starts the machine (a replay then costs one read
-and no round trip). The sync runtime answers with blocking calls and threads; the asyncio
+The driver finds the step's record before it starts the machine (a replay then costs no round
+trip at all). The sync runtime answers with blocking calls and threads; the asyncio
 runtime answers with awaits. Every rule about replay, attempts, budgets, retries and
 recording lives here, once. The generator's return value is the step's result; failures are
 raised from it.
@@ -347,7 +347,7 @@ def decode_result(codec: Codec, record: StepRecord) -> Any:
 def single_attempt(plan: StepPlan, hooks: Hooks) -> StepMachine:
     """Run one unrecorded attempt (``try_`` and ``send``): the handler's own error is raised."""
     handler = plan.resolve()
-    step = StepContext(plan.workflow_id, plan.step_id, plan.action, 1, 1, plan.mode)
+    step = new_context(plan.workflow_id, plan.step_id, plan.action, 1, 1, plan.mode)
     hooks.started(plan)
     outcome: AttemptOutcome = yield RunAttempt(handler, step, plan.context, plan.args, None)
     if outcome.error is not None:
@@ -366,9 +366,9 @@ def durable_step(
 ) -> StepMachine:
     """Run one durable step (``do``) to its end, as DESIGN.md section 6 describes.
 
-    ``stored`` is the step's record as the driver just loaded it (``None`` if there is none):
-    the driver loads it before starting the machine so that a replay costs one read and no
-    command round trip. Returns the decoded result. Raises ``WorkflowStepError`` when the step
+    ``stored`` is the step's record as the driver knows it (``None`` if there is none); any
+    write may still hand back a COMPLETED record someone else wrote, and then that result is
+    returned. Returns the decoded result. Raises ``WorkflowStepError`` when the step
     gives up, ``SerializationError`` for an unencodable result, ``HandlerNotFoundError`` for an
     unknown action, and lets storage errors through.
     """
@@ -385,6 +385,8 @@ def durable_step(
     # mean an attempt was interrupted or a wait was cut short, so the same budget continues.
     created_at: float | None = None  # of a new record: the time of its first write, below
     budget_started_at = 0.0  # of a fresh budget: the start of attempt 1, below
+
+
     if stored is None or stored.status is FAILED:
         attempts = 0
         if stored is not None:
@@ -398,10 +400,7 @@ def durable_step(
         error_info, started_at = stored.error, stored.started_at
         if attempts >= policy.max_attempts:
             interrupted = StepInterruptedError(step_id, attempts)
-            written = yield Write(new_record(
-                step_id, workflow_id, action, FAILED, None,
-                ErrorInfo.from_exception(interrupted), attempts, created_at, started_at,
-                now(), None, None, budget_started_at))
+            written = yield Write(_failed(stored, interrupted, t))
             if written.status is COMPLETED:
                 return decode_result(codec, written)
             raise WorkflowStepError(
@@ -426,7 +425,7 @@ def durable_step(
         if written.status is COMPLETED:  # another process or thread finished it
             return decode_result(codec, written)
 
-        if hooks.on_start is not None:
+        if hooks.on_start is not None:  # (checked here too: no call at all when unset)
             hooks.started(plan)
         outcome: AttemptOutcome = yield RunAttempt(
             handler, new_context(workflow_id, step_id, action, attempts, policy.max_attempts,
@@ -443,9 +442,9 @@ def durable_step(
                     path=problem.path.replace("value", "result", 1), step_id=step_id,
                 )
                 hooks.failed(step_id, named, attempts)
-                yield Write(new_record(
-                    step_id, workflow_id, action, FAILED, None, ErrorInfo.from_exception(named),
-                    attempts, created_at, started_at, now(), None, None, budget_started_at))
+                written = yield Write(_failed(record, named, now()))
+                if written.status is COMPLETED:  # another process finished it meanwhile
+                    return decode_result(codec, written)
                 raise named from None
             t = now()
             mine = new_record(step_id, workflow_id, action, COMPLETED, encoded, None, attempts,
@@ -458,17 +457,14 @@ def durable_step(
                 hooks.completed(step_id, result)
             return result
 
-        if hooks.on_error is not None:
-            hooks.failed(step_id, error, attempts)
+        hooks.failed(step_id, error, attempts)
         t = now()
         decision = decide_retry(
             policy, attempts=attempts, error=error, now=t,
             budget_started_at=budget_started_at, workflow_id=workflow_id, step_id=step_id,
         )
         if not decision.retry:
-            written = yield Write(new_record(
-                step_id, workflow_id, action, FAILED, None, ErrorInfo.from_exception(error),
-                attempts, created_at, started_at, t, None, None, budget_started_at))
+            written = yield Write(_failed(record, error, t))
             if written.status is COMPLETED:
                 return decode_result(codec, written)
             raise WorkflowStepError(
@@ -487,6 +483,14 @@ def durable_step(
             if written.status is COMPLETED:
                 return decode_result(codec, written)
             yield Sleep(decision.delay)
+
+
+def _failed(record: StepRecord, error: BaseException, t: float) -> StepRecord:
+    """``record`` (the budget as it stands) turned FAILED at ``t``, with ``error`` and its
+    traceback."""
+    return new_record(record.step_id, record.workflow_id, record.action, FAILED, None,
+                      ErrorInfo.from_exception(error), record.attempts, record.created_at,
+                      record.started_at, t, None, None, record.budget_started_at)
 
 
 def call_handler(command: RunAttempt) -> AttemptOutcome:

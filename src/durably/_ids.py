@@ -34,19 +34,19 @@ def call_hash(
     text = None
     try:
         if is_plain(context, True) and (not args or is_plain(args, True)):
-            # Plain JSON data is its own canonical form: one C-level encoding, no walk.
+            # Plain JSON data is its own canonical form: one C-level encoding, no walk (this
+            # runs on every durable call, replays included: to_tagged's own check costs more).
             text = dump_canonical([workflow_id, parent, action, context, args])
-    except (ValueError, RecursionError):
-        text = None  # NaN inside, or recursive: the walk below names the problem and its path
+    except RecursionError:
+        pass  # a recursive value: the walk below names it and its path
     if text is None:
-        tagged = [
+        text = dump_canonical([
             workflow_id,
             parent,
             action,
             to_tagged(context, canonical=True, root="context"),
             to_tagged(list(args), canonical=True, root="args"),
-        ]
-        text = dump_canonical(tagged)
+        ])
     # surrogatepass: a lone surrogate in a str is legal Python; it must hash, not crash.
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
     return SCHEME_PREFIX + digest[:32]

@@ -76,17 +76,18 @@ class _Deliveries:
             try:
                 context.run(work)
             finally:
-                with self._idle:
-                    self._pending -= 1
-                    self._idle.notify_all()
+                self._finished()
 
         try:
             self._executor.submit(run)
         except BaseException:
-            with self._idle:
-                self._pending -= 1
-                self._idle.notify_all()
+            self._finished()
             raise
+
+    def _finished(self) -> None:
+        with self._idle:
+            self._pending -= 1
+            self._idle.notify_all()
 
     def flush(self, timeout: float | None) -> bool:
         with self._idle:
@@ -274,11 +275,11 @@ class DurableWorkflowRuntime(RuntimeBase):
                 kind = type(command)
                 if kind is Write:
                     reply = self._storage.set(command.record)  # type: ignore[union-attr]
-                    self._known[reply.step_id] = reply  # type: ignore[index]
+                    self._note_write(reply)
                 elif kind is RunAttempt:
                     if command.timeout is None:  # type: ignore[union-attr]
                         reply = call_handler(command)  # type: ignore[arg-type]
-                        if type(reply.value) not in _NEVER_AWAITABLE:
+                        if type(reply.value) not in _NEVER_AWAITABLE:  # skip a call, usually
                             reply = _reject_awaitable(reply, command)  # type: ignore[arg-type]
                     else:
                         reply = self._timed_attempt(command)  # type: ignore[arg-type]

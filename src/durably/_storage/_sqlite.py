@@ -10,9 +10,11 @@ Why the settings are what they are:
   in-flight attempt's marker can vanish, and only on power loss.
 * ``busy_timeout`` makes a writer wait for another process's transaction instead of failing
   with "database is locked".
-* A write is one ``INSERT ... ON CONFLICT DO UPDATE ... WHERE status != 'completed'``: a single
-  statement is atomic on its own, and the ``WHERE`` keeps a COMPLETED record final even when
-  another process completed it a microsecond earlier. Schema changes run inside
+* A write is an ``UPDATE`` of an existing row or an
+  ``INSERT ... ON CONFLICT DO UPDATE ... WHERE status != 'completed'``, or the first and, if it
+  matched nothing, the second: each statement is atomic on its own and stores the whole
+  record, and both ``WHERE`` clauses keep a COMPLETED record final even when another process
+  completed it a microsecond earlier. Schema changes run inside
   ``BEGIN IMMEDIATE`` so two processes opening a new file at once cannot both create it.
 
 Extension points for subclasses: :meth:`SqliteStepStorage.connect` (how the connection is
