@@ -9,7 +9,24 @@ from typing import Any
 
 import pytest
 
-from durably import InMemoryStepStorage, SqliteStepStorage, StepStorage
+from durably import InMemoryStepStorage, SqliteStepStorage, StepRecord, StepStatus, StepStorage
+
+
+def make_record(step_id: str, **fields: Any) -> StepRecord:
+    """A RUNNING record of workflow "wf" at t=100, with any field overridden."""
+    values: dict[str, Any] = {
+        "workflow_id": "wf", "action": "Test.step", "status": StepStatus.RUNNING,
+        "attempts": 1, "created_at": 100.0, "started_at": 100.0, "updated_at": 100.0,
+        "budget_started_at": 100.0,
+    }
+    values.update(fields)
+    return StepRecord(step_id=step_id, **values)
+
+
+def completed_record(step_id: str, result: str, **fields: Any) -> StepRecord:
+    """A COMPLETED record holding the encoded ``result``."""
+    return make_record(step_id, status=StepStatus.COMPLETED, result=result,
+                       completed_at=101.0, updated_at=101.0, **fields)
 
 
 @pytest.fixture(params=["memory", "sqlite"])

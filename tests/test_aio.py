@@ -117,7 +117,9 @@ def test_timeout_cancels_the_attempt_task_and_retries() -> None:
 
     async def main() -> Any:
         runtime = create_async_test_runtime(
-            retry_policy=RetryPolicy(max_attempts=2, initial_delay=0, timeout=0.01),
+            # A generous limit: the second attempt must finish well inside it even on a loaded
+            # machine; the first one waits forever and is cut off when it passes.
+            retry_policy=RetryPolicy(max_attempts=2, initial_delay=0, timeout=0.5),
             on_step_error=lambda sid, error, n: errors.append(error),
         )
 

@@ -60,8 +60,7 @@ def race(db: Path, processes: int, threads: int, steps: int) -> float:
 @pytest.mark.slow
 def test_processes_and_threads_agree_on_every_result(tmp_path: Path) -> None:
     """8 processes x 4 threads, 50 steps with random results: one answer, no lock errors."""
-    elapsed = race(tmp_path / "race.db", processes=8, threads=4, steps=50)
-    assert elapsed < 120
+    race(tmp_path / "race.db", processes=8, threads=4, steps=50)
 
 
 @pytest.mark.torture
@@ -70,4 +69,3 @@ def test_contention_long(tmp_path: Path) -> None:
     for round_number in range(3):
         elapsed = race(tmp_path / f"race-{round_number}.db", processes=8, threads=4, steps=1000)
         print(f"round {round_number}: {elapsed:.1f} s")
-        assert elapsed < 600

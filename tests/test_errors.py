@@ -6,6 +6,7 @@ import pickle
 
 import pytest
 
+import durably
 from durably import (
     ConfigurationError,
     DurableError,
@@ -88,7 +89,8 @@ def test_messages_name_what_went_wrong() -> None:
     assert failed.cause is not None and failed.attempts == 3
 
 
-def test_serialization_error_for_step_adds_the_step() -> None:
-    """for_step returns a copy naming the step, keeping type and path."""
-    named = SerializationError("bad", type_name="object", path="result").for_step("s1_k")
-    assert named.step_id == "s1_k" and named.path == "result" and "s1_k" in str(named)
+@pytest.mark.parametrize("error", EXAMPLES, ids=lambda e: type(e).__name__)
+def test_errors_show_as_durably_names(error: DurableError) -> None:
+    """Tracebacks and recorded errors name the class where users import it from."""
+    assert type(error).__module__ == "durably"
+    assert getattr(durably, type(error).__name__) is type(error)

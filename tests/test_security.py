@@ -13,12 +13,12 @@ from durably import JsonCodec, PickleCodec
 from durably.testing import create_test_runtime
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "durably"
-SQLITE = SRC / "_storage" / "_sqlite.py"
+SQLITE = sorted((SRC / "_storage" / "_sqlite").glob("*.py"))
 
 # Names that may be interpolated into SQL text: the validated table name, fixed column lists,
 # clause fragments made of them, and an integer schema version.
-SQL_SAFE_NAMES = {"table", "_COLUMNS", "updates", "name", "where", "SCHEMA_VERSION",
-                  "self._sql_list", "self.table"}
+SQL_SAFE_NAMES = {"table", "_COLUMNS", "_PLACEHOLDERS", "updates", "name", "where",
+                  "SCHEMA_VERSION", "self._sql_list", "self.table"}
 
 
 def _sources() -> list[Path]:
@@ -28,9 +28,9 @@ def _sources() -> list[Path]:
 def test_sql_text_only_interpolates_identifiers_never_values() -> None:
     """Every f-string in the SQLite backend interpolates only identifiers from an allowlist;
     values always travel as ? parameters."""
-    tree = ast.parse(SQLITE.read_text())
     interpolated: set[str] = set()
-    for node in ast.walk(tree):
+    nodes = [node for path in SQLITE for node in ast.walk(ast.parse(path.read_text()))]
+    for node in nodes:
         if isinstance(node, ast.JoinedStr):
             text = "".join(part.value for part in node.values
                            if isinstance(part, ast.Constant) and isinstance(part.value, str))
@@ -66,7 +66,7 @@ def test_pickle_is_used_only_by_the_opt_in_codec() -> None:
                        for name in names):
                     importers.append(path.name)
     assert set(importers) == {"_codec.py"}
-    assert isinstance(create_test_runtime()._codec, JsonCodec)
+    assert isinstance(create_test_runtime().codec, JsonCodec)
 
 
 def test_nothing_is_evaluated() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from durably import InMemoryStepStorage, SqliteStepStorage
+from durably import InMemoryStepStorage, SqliteStepStorage, StepRecord, StepStatus
 from durably.testing import StorageContract
 
 
@@ -42,9 +42,7 @@ def test_run_reports_a_broken_adapter() -> None:
 
 def test_in_memory_clear_removes_everything() -> None:
     """clear() empties the in-memory store."""
-    from durably._contract import _record
-
     store = InMemoryStepStorage()
-    store.set(_record("a"))
+    store.set(StepRecord("a", "wf", "A.b", StepStatus.RUNNING, attempts=1))
     store.clear()
     assert store.list() == [] and store.get("a") is None

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import completed_record as _completed
+from conftest import make_record as _record
 from durably import ConfigurationError, SqliteStepStorage, StepStatus, StorageError
-from durably._contract import _completed, _record
 from durably._storage._sqlite import SCHEMA_VERSION
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -51,10 +52,10 @@ def test_database_uses_wal_and_pinned_schema(tmp_path: Path) -> None:
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA page_size").fetchone()[0] == 1024
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     columns = [row[1] for row in conn.execute("PRAGMA table_info(durably_steps)")]
     assert columns == [
-        "step_id", "workflow_id", "action", "status", "result", "error", "attempts",
+        "seq", "step_id", "workflow_id", "action", "status", "result", "error", "attempts",
         "created_at", "started_at", "updated_at", "completed_at", "next_attempt_at",
         "budget_started_at",
     ]
@@ -197,8 +198,9 @@ def test_closed_storage_raises_storage_error(tmp_path: Path) -> None:
 
 
 def test_full_durability_syncs_outcomes_and_not_markers(tmp_path: Path) -> None:
-    """With "full", outcomes are written at synchronous=FULL and markers at NORMAL."""
-    seen: list[tuple[str, int]] = []
+    """With "full", every write of an outcome (COMPLETED, FAILED) is made on a connection at
+    synchronous=FULL, and every write of a marker (RUNNING, RETRYING) at NORMAL."""
+    writes: list[tuple[str, int]] = []
 
     class Spy(SqliteStepStorage):
         def connect(self) -> sqlite3.Connection:
@@ -206,38 +208,43 @@ def test_full_durability_syncs_outcomes_and_not_markers(tmp_path: Path) -> None:
 
             def trace(statement: str) -> None:
                 if statement.startswith(("INSERT", "UPDATE")):
-                    level = spy_levels[id(conn)]
-                    seen.append((statement.split()[0], level))
+                    level = conn.execute("PRAGMA synchronous").fetchone()[0]
+                    values = statement.replace("!= 'completed'", "")  # the final-rule guard
+                    status = next(s.value for s in StepStatus if f"'{s.value}'" in values)
+                    writes.append((status, level))
 
             conn.set_trace_callback(trace)
             return conn
 
-    spy_levels: dict[int, int] = {}
     store = Spy(tmp_path / "steps.db", durability="full")
-    for conn in {store._conn, store._outcome_conn}:
-        assert conn is not None
-        spy_levels[id(conn)] = conn.execute("PRAGMA synchronous").fetchone()[0]
     store.set(_record("a"))
     store.set(_completed("a", "1"))
     store.set(_record("b", status=StepStatus.RETRYING, attempts=2))
     store.set(_record("b", status=StepStatus.FAILED, attempts=2))
+    assert store.get("a") == _completed("a", "1")
+    assert store.get("b") == _record("b", status=StepStatus.FAILED, attempts=2)
     store.close()
-    # 1 = NORMAL, 2 = FULL: the markers (RUNNING, RETRYING; the latter tries an UPDATE, then
-    # inserts) at NORMAL, the outcomes (COMPLETED, FAILED) at FULL.
-    assert seen == [("INSERT", 1), ("UPDATE", 2), ("UPDATE", 1), ("INSERT", 1), ("UPDATE", 2)]
+    normal, full = 1, 2
+    assert {status for status, _ in writes} == {"running", "retrying", "completed", "failed"}
+    for status, level in writes:
+        assert level == (full if status in ("completed", "failed") else normal), status
 
 
 def test_connect_is_an_extension_point(tmp_path: Path) -> None:
-    """A subclass can customise the connection (here: an extra SQL function)."""
+    """A subclass can customise the connection: here a pragma, seen by the storage's reads."""
+    opened: list[sqlite3.Connection] = []
 
-    class WithFunction(SqliteStepStorage):
+    class Tuned(SqliteStepStorage):
         def connect(self) -> sqlite3.Connection:
             conn = super().connect()
-            conn.create_function("shout", 1, lambda text: str(text).upper())
+            conn.execute("PRAGMA cache_size = -4321")
+            opened.append(conn)
             return conn
 
-    store = WithFunction(tmp_path / "steps.db")
-    assert store._connection().execute("SELECT shout('hi')").fetchone()[0] == "HI"
+    store = Tuned(tmp_path / "steps.db")
+    store.set(_record("x"))
+    assert store.get("x") == _record("x")
+    assert [conn.execute("PRAGMA cache_size").fetchone()[0] for conn in opened] == [-4321]
     store.close()
 
 
@@ -246,7 +253,17 @@ WRITER = textwrap.dedent(
     import sys
     sys.path.insert(0, {src!r})
     from durably import SqliteStepStorage
-    from durably._contract import _completed, _record
+    from durably import StepRecord, StepStatus
+
+    def _record(step_id, **fields):
+        values = dict(workflow_id="wf", action="Test.step", status=StepStatus.RUNNING,
+                      attempts=1, created_at=100.0, started_at=100.0, updated_at=100.0)
+        values.update(fields)
+        return StepRecord(step_id=step_id, **values)
+
+    def _completed(step_id, result, **fields):
+        return _record(step_id, status=StepStatus.COMPLETED, result=result, **fields)
+
     index = int(sys.argv[1])
     store = SqliteStepStorage(sys.argv[2])
     answers = {{}}
@@ -285,5 +302,100 @@ def test_processes_share_one_file_without_losing_or_disagreeing(tmp_path: Path) 
         assert len(store.list(workflow_id=f"w{index}", status=StepStatus.COMPLETED)) == 30
     store.close()
     conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()
+
+
+# ------------------------------------------------------------------ read-only open
+
+
+def test_read_only_open_reads_while_another_connection_holds_a_write_transaction(
+        tmp_path: Path) -> None:
+    """open_readonly works beside a writer in the middle of a transaction, and sees the
+    committed state."""
+    path = tmp_path / "steps.db"
+    writer = SqliteStepStorage(path)
+    writer.set(_completed("done", '"yes"'))
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("UPDATE durably_steps SET result = '\"uncommitted\"'")
+    try:
+        reader = SqliteStepStorage.open_readonly(path)
+        assert reader.get("done") == _completed("done", '"yes"')
+        assert [r.step_id for r in reader.list()] == ["done"]
+        reader.close()
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        writer.close()
+
+
+def test_read_only_open_refuses_every_write(tmp_path: Path) -> None:
+    """set and delete on a read-only store raise StorageError and change nothing."""
+    path = tmp_path / "steps.db"
+    SqliteStepStorage(path).close()
+    reader = SqliteStepStorage.open_readonly(path)
+    for write in (lambda: reader.set(_record("x")), lambda: reader.delete("x")):
+        with pytest.raises(StorageError, match="read-only"):
+            write()
+    assert reader.list() == []
+    reader.close()
+
+
+def test_read_only_open_never_creates_or_migrates(tmp_path: Path) -> None:
+    """A missing file is not created; an old or foreign file is refused and left as it is."""
+    missing = tmp_path / "missing.db"
+    with pytest.raises(StorageError, match="does not exist"):
+        SqliteStepStorage.open_readonly(missing)
+    assert not missing.exists()
+    old = tmp_path / "old.db"
+    conn = sqlite3.connect(old)
+    conn.execute("CREATE TABLE durably_steps (step_id TEXT PRIMARY KEY)")
+    conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    before = old.read_bytes()
+    with pytest.raises(StorageError, match="version") as caught:
+        SqliteStepStorage.open_readonly(old)
+    assert caught.value.path == str(old)
+    assert old.read_bytes() == before
+    assert not Path(f"{old}-wal").exists()
+
+
+# ------------------------------------------------------------------ migration from version 1
+
+V1_TABLE = """CREATE TABLE durably_steps (
+    step_id TEXT PRIMARY KEY NOT NULL, workflow_id TEXT NOT NULL, action TEXT NOT NULL,
+    status TEXT NOT NULL, result TEXT, error TEXT, attempts INTEGER NOT NULL,
+    created_at REAL NOT NULL, started_at REAL, updated_at REAL NOT NULL, completed_at REAL,
+    next_attempt_at REAL, budget_started_at REAL)"""
+
+
+def test_a_version_1_file_opens_with_its_steps_intact_and_in_first_write_order(
+        tmp_path: Path) -> None:
+    """Wave 1's schema is migrated in place: every record kept, in the order it was written
+    (its rowid order), whatever the ids and timestamps say."""
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path)
+    conn.execute(V1_TABLE)
+    conn.execute("CREATE INDEX durably_steps_by_workflow ON durably_steps"
+                 " (workflow_id, created_at, step_id)")
+    rows = [("zz", 5.0, "completed", '"a"'), ("aa", 1.0, "failed", None),
+            ("mm", 3.0, "running", None)]
+    for step_id, created, status, result in rows:
+        conn.execute("INSERT INTO durably_steps VALUES (?, 'wf', 'A.b', ?, ?, NULL, 1, ?, ?,"
+                     " ?, NULL, NULL, ?)", (step_id, status, result, created, created,
+                                              created, created))
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    store = SqliteStepStorage(path)
+    records = store.list(workflow_id="wf")
+    assert [(r.step_id, r.status.value, r.result, r.created_at) for r in records] == [
+        (step_id, status, result, created) for step_id, created, status, result in rows]
+    store.set(_record("new", workflow_id="wf", created_at=0.0))
+    assert [r.step_id for r in store.list(workflow_id="wf")] == ["zz", "aa", "mm", "new"]
+    store.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     conn.close()

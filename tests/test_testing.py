@@ -20,7 +20,7 @@ def test_create_test_runtime_defaults() -> None:
     """In-memory storage, a fake clock, one attempt without delay, workflow "test"."""
     runtime = create_test_runtime()
     assert isinstance(runtime.storage, InMemoryStepStorage)
-    assert isinstance(runtime._clock, FakeClock)
+    assert isinstance(runtime.clock, FakeClock)
     assert runtime.retry_policy == RetryPolicy(max_attempts=1, initial_delay=0)
     assert runtime.workflow_id == "test"
 

@@ -3,10 +3,10 @@ sync runtime (``_core.py``) and answers its commands with awaits.
 
 * Async handlers are awaited on the loop; sync handlers run in a worker thread
   (``asyncio.to_thread``) so they never block the loop.
-* Storage calls run on a small thread pool, except for :class:`InMemoryStepStorage`, whose
-  calls are dict operations: a SQLite commit can wait up to ``busy_timeout`` for another
-  process's lock, or for an fsync, and that must never stall the loop (docs/performance.md
-  has the figures).
+* Storage calls run on a small thread pool when the storage says its calls block
+  (``blocking``, see ``StepStorage``): a SQLite commit can wait up to ``busy_timeout`` for
+  another process's lock, or for an fsync, and that must never stall the loop. A storage whose
+  calls do not block (``InMemoryStepStorage``) is called on the loop.
 * ``timeout`` cancels the attempt's task. Cancelling the caller's task propagates
   ``CancelledError``: it is not retried and leaves the step RUNNING, resumable by the next call.
 * Step ids are assigned when ``do()`` is *called*, not when it is awaited, so
@@ -18,56 +18,32 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 
-from ._api import RuntimeBase
+from ._clock import AsyncSystemClock, Clock
+from ._context import enter_step, leave_step
 from ._core import (
-    NOT_COMPLETED,
     AttemptOutcome,
-    Clock,
+    ReadHistory,
     RunAttempt,
+    Sleep,
     StepMachine,
     StepPlan,
     Write,
     call_handler,
-    completed_value,
-    durable_step,
-    enter_step,
-    leave_step,
     logger,
-    single_attempt,
 )
 from ._errors import StepTimeoutError
-from ._records import Pipeline
+from ._records import Pipeline, StepRecord
 from ._registry import is_async_callable
 from ._retry import RetryPolicy
-from ._storage import InMemoryStepStorage
+from ._runtime_base import RuntimeBase
+from ._storage import is_blocking
 
-__all__ = ["AsyncDurableWorkflowRuntime", "AsyncSystemClock"]
-
-
-class AsyncSystemClock:
-    """Wall-clock time (``time.time``) and ``asyncio.sleep``."""
-
-    def now(self) -> float:
-        """Return seconds since the epoch."""
-        return time.time()
-
-    def sleep(self, seconds: float) -> Coroutine[Any, Any, None]:
-        """Return an awaitable that waits ``seconds`` without blocking the loop."""
-        return asyncio.sleep(seconds)
-
-
-async def _await_in_step(command: RunAttempt, awaitable: Any) -> Any:
-    token = enter_step(command.step)
-    try:
-        return await awaitable
-    finally:
-        leave_step(token)
+__all__ = ["AsyncDurableWorkflowRuntime"]
 
 
 async def _call_async(command: RunAttempt) -> Any:
@@ -81,6 +57,34 @@ async def _call_async(command: RunAttempt) -> Any:
         leave_step(token)
 
 
+async def _call_sync(command: RunAttempt) -> Any:
+    outcome = await asyncio.to_thread(call_handler, command)
+    if outcome.error is not None:
+        raise outcome.error
+    value = outcome.value
+    if inspect.isawaitable(value):  # a plain function that returned a coroutine: await it
+        token = enter_step(command.step)
+        try:
+            value = await value
+        finally:
+            leave_step(token)
+    return value
+
+
+async def _ready(value: Any) -> Any:
+    return value
+
+
+class _Family:
+    """What a runtime shares with its ``for_workflow`` siblings besides its options."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.deliveries: set[asyncio.Task[None]] = set()
+        self.storage_pool: ThreadPoolExecutor | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+
 class AsyncDurableWorkflowRuntime(RuntimeBase):
     """The asyncio flavour of :class:`DurableWorkflowRuntime`: same options, same names.
 
@@ -89,21 +93,29 @@ class AsyncDurableWorkflowRuntime(RuntimeBase):
     ``await rt.aclose()`` and ``async with``. Proxy calls are awaitable. Handlers may be
     ``async def`` or plain functions (run in a worker thread). The ``clock`` may have a
     synchronous ``sleep`` (like ``FakeClock``) or one that returns an awaitable.
+
+    Args:
+        storage: where step records live (default: a new :class:`InMemoryStepStorage`).
+        retry_policy: the default policy of ``do`` (default: ``RetryPolicy()``).
+        workflow_id: scopes step ids (default ``"default"``).
+        on_step_start: ``hook(step_id, pipeline)`` before every attempt.
+        on_step_complete: ``hook(step_id, result)`` after every success.
+        on_step_error: ``hook(step_id, error, attempt)`` after every failed attempt.
+        hooks: a :class:`StepHooks` object whose methods receive a :class:`StepEvent`.
+        clock: ``now()`` and ``sleep()`` (default: :class:`AsyncSystemClock`).
+        codec: turns results into text and back (default: :class:`JsonCodec`).
     """
 
     _accepts_async = True
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._deliveries: set[asyncio.Task[None]] = set()
-        self._closed = False
-        # Dict operations are cheaper than a thread hop; everything else may block on I/O.
-        self._storage_inline = type(self._storage) is InMemoryStepStorage
-        self._storage_pool: ThreadPoolExecutor | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
     def _default_clock(self) -> Clock:
         return AsyncSystemClock()
+
+    def _new_family(self) -> _Family:
+        return _Family()
+
+    def _finished(self, value: Any) -> Awaitable[Any]:
+        return _ready(value)
 
     # ------------------------------------------------------------ the three levels
 
@@ -113,7 +125,7 @@ class AsyncDurableWorkflowRuntime(RuntimeBase):
 
         Raises (when awaited): ``HandlerNotFoundError``, or the handler's own exception.
         """
-        return self._run_once(self._plan_try(action, data, (), step_id))
+        return self._once(self._plan_try(action, data, (), step_id))  # type: ignore[no-any-return]
 
     def do(
         self,
@@ -130,7 +142,8 @@ class AsyncDurableWorkflowRuntime(RuntimeBase):
         :meth:`DurableWorkflowRuntime.do`; ``SerializationError`` for unhashable data and
         ``ConfigurationError`` for bad arguments are raised by the call itself.
         """
-        return self._run_durable(self._plan_do(action, data, (), retry, step_id))
+        return self._durable(  # type: ignore[no-any-return]
+            self._plan_do(action, data, (), retry, step_id))
 
     async def execute_step(
         self,
@@ -147,26 +160,21 @@ class AsyncDurableWorkflowRuntime(RuntimeBase):
             ValueError: an unknown mode (a :class:`ConfigurationError`).
             HandlerNotFoundError: no handler for the action, in every mode.
         """
-        plan = self._plan_execute(step_id, pipeline, args, mode, retry)
-        if plan.mode == "do":
-            return await self._run_durable(plan)
-        if plan.mode == "try":
-            return await self._run_once(plan)
-        self._dispatch(plan)
-        return None
+        return await self._execute(self._plan_execute(step_id, pipeline, args, mode, retry))
 
     # ------------------------------------------------------------ lifecycle
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Wait for in-flight ``send`` deliveries; ``False`` if ``timeout`` passed first."""
+        deliveries = self._family.deliveries
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
-        while self._deliveries:
+        while deliveries:
             remaining = None
             if deadline is not None:
                 remaining = deadline - asyncio.get_running_loop().time()
                 if remaining <= 0:
                     return False
-            await asyncio.wait(set(self._deliveries), timeout=remaining)
+            await asyncio.wait(set(deliveries), timeout=remaining)
         return True
 
     async def aclose(self) -> None:
@@ -174,10 +182,11 @@ class AsyncDurableWorkflowRuntime(RuntimeBase):
 
         Runtimes made by :meth:`for_workflow` share the storage: closing one closes it for all.
         """
+        family: _Family = self._family
         await self.flush()
-        self._closed = True
+        family.closed = True
         await self._store(self._storage.close)
-        pool, self._storage_pool = self._storage_pool, None
+        pool, family.storage_pool = family.storage_pool, None
         if pool is not None:
             pool.shutdown(wait=False)
 
@@ -190,37 +199,23 @@ class AsyncDurableWorkflowRuntime(RuntimeBase):
 
     # ------------------------------------------------------------ driving the core
 
-    async def _run_durable(self, plan: StepPlan) -> Any:
-        known = self._known
-        if known is None:
-            records = await self._store(self._storage.list, self._workflow_id)
-            known = self._index_records(records)
-        stored = known.get(plan.step_id)
-        replayed = completed_value(self._codec, stored)
-        if replayed is not NOT_COMPLETED:
-            return replayed
-        return await self._drive(
-            durable_step(plan, self._codec, self._hooks, self._clock.now, stored))
-
-    async def _run_once(self, plan: StepPlan) -> Any:
-        return await self._drive(single_attempt(plan, self._hooks))
-
     def _dispatch(self, plan: StepPlan) -> None:
-        if self._closed:
+        family: _Family = self._family
+        if family.closed:
             logger().warning("durably: %s sent after aclose(); dropped", plan.action)
             return
 
         async def deliver() -> None:
             try:
-                await self._run_once(plan)
+                await self._once(plan)
             except Exception:
                 logger().exception("durably: %s delivery %s failed", plan.action,
-                                 plan.step_id)
+                                   plan.step_id)
 
         def start() -> None:
             task = asyncio.get_running_loop().create_task(deliver())
-            self._deliveries.add(task)
-            task.add_done_callback(self._deliveries.discard)
+            family.deliveries.add(task)
+            task.add_done_callback(family.deliveries.discard)
 
         try:
             asyncio.get_running_loop()
@@ -228,49 +223,72 @@ class AsyncDurableWorkflowRuntime(RuntimeBase):
             # Not on a loop: a sync handler in a worker thread. Hand the delivery to the loop
             # this runtime last ran on; it is queued before that handler's own completion, so
             # flush() cannot miss it.
-            loop = self._loop
+            loop = family.loop
             if loop is None or loop.is_closed():
                 logger().error("durably: %s sent without a running event loop; dropped",
-                             plan.action)
+                               plan.action)
                 return
             loop.call_soon_threadsafe(start)
             return
         start()
 
-    async def _store(self, operation: Any, *args: Any) -> Any:
-        if self._storage_inline:
+    async def _store(self, operation: Callable[..., Any], *args: Any) -> Any:
+        if not is_blocking(self._storage):
             return operation(*args)
-        if self._storage_pool is None:
-            self._storage_pool = ThreadPoolExecutor(4, thread_name_prefix="durably-storage")
+        family: _Family = self._family
+        if family.storage_pool is None:
+            family.storage_pool = ThreadPoolExecutor(4, thread_name_prefix="durably-storage")
         return await asyncio.get_running_loop().run_in_executor(
-            self._storage_pool, operation, *args)
+            family.storage_pool, operation, *args)
 
     async def _drive(self, machine: StepMachine) -> Any:
-        self._loop = asyncio.get_running_loop()
+        self._family.loop = asyncio.get_running_loop()
+        answers = _ANSWERS
         reply: Any = None
         try:
             while True:
                 command = machine.send(reply)
-                kind = type(command)
-                if kind is Write:
-                    record = command.record  # type: ignore[union-attr]
-                    reply = await self._store(self._storage.set, record)
-                    self._note_write(reply)
-                elif kind is RunAttempt:
-                    reply = await self._attempt(command)  # type: ignore[arg-type]
-                else:
-                    waited = self._clock.sleep(command.seconds)  # type: ignore[union-attr]
-                    reply = (await waited) if inspect.isawaitable(waited) else None
+                answer = answers.get(type(command))
+                if answer is None:
+                    raise TypeError(f"AsyncDurableWorkflowRuntime cannot answer {command!r}")
+                reply = await answer(self, command)
         except StopIteration as done:
             return done.value
         finally:
             machine.close()
 
+    async def _read_history(self, command: ReadHistory) -> None:
+        view = command.view
+        if view.loaded:
+            return
+        # Concurrent first calls (asyncio.gather) share one read: the first starts it, the
+        # others await the same future. A failed read is forgotten, so a later call retries.
+        loading = view.loading
+        if loading is None:
+            loading = view.loading = asyncio.ensure_future(
+                self._store(self._storage.list, view.workflow_id))
+        try:
+            records = await asyncio.shield(loading)
+        except Exception:
+            if view.loading is loading:
+                view.loading = None
+            raise
+        view.fill(records)
+
+    async def _write(self, command: Write) -> StepRecord:
+        written: StepRecord = await self._store(self._storage.set, command.record)
+        return written
+
+    async def _sleep(self, command: Sleep) -> None:
+        waited = self._clock.sleep(command.seconds)
+        if inspect.isawaitable(waited):
+            await waited
+
     async def _attempt(self, command: RunAttempt) -> AttemptOutcome:
         if is_async_callable(command.handler):
             work: Any = _call_async(command)
         else:
-            work = self._call_sync(command)
+            work = _call_sync(command)
         if command.timeout is None:
             try:
                 return AttemptOutcome(value=await work)
@@ -293,11 +311,11 @@ class AsyncDurableWorkflowRuntime(RuntimeBase):
         except Exception as error:
             return AttemptOutcome(error=error)
 
-    @staticmethod
-    async def _call_sync(command: RunAttempt) -> Any:
-        outcome = await asyncio.to_thread(call_handler, command)
-        if outcome.error is not None:
-            raise outcome.error
-        if inspect.isawaitable(outcome.value):  # a plain function that returned a coroutine
-            return await _await_in_step(command, outcome.value)
-        return outcome.value
+
+# The closed table of answers: a command of another type is refused, never misread.
+_ANSWERS: dict[type, Callable[[AsyncDurableWorkflowRuntime, Any], Awaitable[Any]]] = {
+    ReadHistory: AsyncDurableWorkflowRuntime._read_history,
+    Write: AsyncDurableWorkflowRuntime._write,
+    Sleep: AsyncDurableWorkflowRuntime._sleep,
+    RunAttempt: AsyncDurableWorkflowRuntime._attempt,
+}

@@ -33,11 +33,12 @@ from collections.abc import Callable
 from json import encoder as _json_encoder
 from typing import Any, Protocol
 
-from ._errors import SerializationError
+from ._errors import SerializationError, StorageError
+from ._records import StepRecord
 
 __all__ = [
-    "Codec", "JsonCodec", "PickleCodec", "canonical_json", "dump_canonical", "is_plain",
-    "to_tagged",
+    "Codec", "JsonCodec", "PickleCodec", "canonical_json", "decode_stored", "dump_canonical",
+    "encode_result", "is_plain", "to_tagged",
 ]
 
 TAG = "__durably__"
@@ -415,6 +416,33 @@ class JsonCodec:
         if TAG in text:
             return json.loads(text, object_hook=_untag)
         return _decode_plain(text)  # no tagged value inside: no hook call per object
+
+
+def encode_result(codec: Codec, value: Any) -> tuple[str, bool]:
+    """Encode a handler's value; also say whether decoding it would give ``value`` back as is.
+
+    True only for the JSON codec and plain JSON values (dict, list, str, int, finite float,
+    bool, None), whose decoded copy is equal and of the same types: the runtime then returns
+    the handler's own object instead of decoding what it just encoded.
+    """
+    if type(codec) is JsonCodec:
+        return codec.encode_checked(value)
+    return codec.encode(value), False
+
+
+def decode_stored(codec: Codec, record: StepRecord) -> Any:
+    """Return the decoded result of a COMPLETED record.
+
+    Raises:
+        StorageError: the stored text cannot be decoded; names the step id.
+    """
+    try:
+        return codec.decode(record.result)  # type: ignore[arg-type]
+    except Exception as error:
+        raise StorageError(
+            f"stored result of step {record.step_id} cannot be decoded: {error}",
+            step_id=record.step_id,
+        ) from error
 
 
 class PickleCodec:

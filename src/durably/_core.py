@@ -2,69 +2,63 @@
 
 A step runs as a generator that yields *commands* (plain data) and receives their answers:
 
+* :class:`ReadHistory` -> ``None`` once the view holds the workflow's records
 * :class:`Write` -> the record now stored (maybe someone else's COMPLETED one)
 * :class:`Sleep` -> ``None`` once the wait is over
 * :class:`RunAttempt` -> an :class:`AttemptOutcome` (the handler's value or its exception)
 
-The driver finds the step's record before it starts the machine (a replay then costs no round
-trip at all). The sync runtime answers with blocking calls and threads; the asyncio
-runtime answers with awaits. Every rule about replay, attempts, budgets, retries and
-recording lives here, once. The generator's return value is the step's result; failures are
-raised from it.
-
-Hooks are called from here too, through :class:`Hooks`, so every entry point reports the same
-events in the same order.
+The sync runtime answers with blocking calls and threads; the asyncio runtime answers with
+awaits; each through a closed table that refuses a command it does not know. Every rule about
+replay, attempts, budgets, retries, recording and hooks lives here, once. The generator's
+return value is the step's result; failures are raised from it.
 """
 
 from __future__ import annotations
 
-import contextvars
+import inspect
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ._codec import Codec, JsonCodec
+from ._codec import Codec, decode_stored, encode_result
+from ._context import enter_step, leave_step
 from ._errors import (
+    ConfigurationError,
     SerializationError,
     StepInterruptedError,
-    StorageError,
     WorkflowStepError,
 )
-from ._ids import CallCounter
 from ._records import (
     ErrorInfo,
     Pipeline,
     StepContext,
+    StepEvent,
     StepRecord,
     StepStatus,
     new_context,
     new_record,
 )
+from ._registry import Handler
 from ._retry import RetryPolicy, decide_retry
-
-__all__ = [
-    "NOT_COMPLETED",
-    "AttemptOutcome",
-    "Clock",
-    "Handler",
-    "Hooks",
-    "RunAttempt",
-    "Sleep",
-    "StepPlan",
-    "Write",
-    "active_step",
-    "call_handler",
-    "completed_value",
-    "current_step",
-    "decode_result",
-    "durable_step",
-    "encode_result",
-    "logger",
-    "single_attempt",
-]
+from ._view import WorkflowView
 
 if TYPE_CHECKING:
     import logging
 
+__all__ = [
+    "AttemptOutcome",
+    "Hooks",
+    "ReadHistory",
+    "RunAttempt",
+    "Sleep",
+    "StepHooks",
+    "StepMachine",
+    "StepPlan",
+    "Write",
+    "call_handler",
+    "durable_step",
+    "logger",
+    "single_attempt",
+]
 
 def logger() -> logging.Logger:
     """Return the ``durably`` logger (logging is imported on first use, not at import)."""
@@ -72,115 +66,98 @@ def logger() -> logging.Logger:
 
     return logging.getLogger("durably")
 
-Handler = Callable[..., Any]
-
-
-class Clock(Protocol):
-    """Where time comes from: ``now()`` in seconds since the epoch, and ``sleep(seconds)``.
-
-    The asyncio runtime also accepts a clock whose ``sleep`` returns an awaitable.
-    """
-
-    def now(self) -> float:
-        """Return the current time in seconds since the epoch."""
-        ...
-
-    def sleep(self, seconds: float) -> Any:
-        """Wait ``seconds`` (or return an awaitable that does)."""
-        ...
-
-
-# ---------------------------------------------------------------- the running step
-
-
-class ActiveStep:
-    """What the context variable holds while a handler runs."""
-
-    __slots__ = ("_children", "context")
-
-    def __init__(self, context: StepContext) -> None:
-        self.context = context
-        self._children: CallCounter | None = None
-
-    @property
-    def children(self) -> CallCounter:
-        """Numbers the durable calls this attempt makes (a new attempt starts a new one).
-
-        Made on first use: most handlers make no durable calls of their own.
-        """
-        if self._children is None:
-            self._children = CallCounter()
-        return self._children
-
-
-_active: contextvars.ContextVar[ActiveStep | None] = contextvars.ContextVar(
-    "durably_active_step", default=None
-)
-
-
-def current_step() -> StepContext | None:
-    """Return the :class:`StepContext` of the handler running in this thread or task.
-
-    Returns ``None`` outside a handler.
-    """
-    active = _active.get()
-    return None if active is None else active.context
-
-
-def active_step() -> ActiveStep | None:
-    """Return the running step with its child counter (used to scope nested calls)."""
-    return _active.get()
-
-
-def enter_step(context: StepContext) -> contextvars.Token[ActiveStep | None]:
-    """Mark ``context`` as the running step; return the token that :func:`leave_step` takes."""
-    return _active.set(ActiveStep(context))
-
-
-def leave_step(token: contextvars.Token[ActiveStep | None]) -> None:
-    """Undo :func:`enter_step`."""
-    _active.reset(token)
-
 
 # ---------------------------------------------------------------- hooks
 
 
+class StepHooks(Protocol):
+    """Observers of steps: implement any of the three methods (the others may be missing).
+
+    Each is called with a frozen :class:`~durably.StepEvent`; an exception it raises is logged
+    on the ``durably`` logger and ignored, so a hook never fails, repeats or rewrites a step.
+    No hook runs when a COMPLETED step is replayed (nothing executed).
+    """
+
+    def on_step_start(self, event: StepEvent) -> None:
+        """Called before every attempt."""
+
+    def on_step_complete(self, event: StepEvent) -> None:
+        """Called after every success, with ``event.result`` set."""
+
+    def on_step_error(self, event: StepEvent) -> None:
+        """Called after every failed attempt, with ``event.error`` set."""
+
+
+_Listener = Callable[[StepEvent], Any]
+
+
+def _both(first: _Listener | None, second: _Listener | None) -> _Listener | None:
+    if first is None or second is None:
+        return first or second
+
+    def call_both(event: StepEvent) -> None:
+        first(event)
+        second(event)
+
+    return call_both
+
+
 class Hooks:
-    """The three hooks behind one guard: a hook that raises is logged and changes nothing."""
+    """The hooks of one runtime behind one guard: a hook that raises is logged and ignored.
+
+    Built from a :class:`StepHooks` object and/or the three plain callables of the runtime's
+    constructor (``on_step_start(step_id, pipeline)``, ``on_step_complete(step_id, result)``,
+    ``on_step_error(step_id, error, attempt)``). An event object is built only when a hook is
+    set, so steps without hooks pay nothing.
+    """
 
     __slots__ = ("on_complete", "on_error", "on_start")
 
     def __init__(
         self,
+        hooks: StepHooks | None = None,
         on_start: Callable[[str, Pipeline], Any] | None = None,
         on_complete: Callable[[str, Any], Any] | None = None,
         on_error: Callable[[str, BaseException, int], Any] | None = None,
     ) -> None:
-        self.on_start = on_start
-        self.on_complete = on_complete
-        self.on_error = on_error
+        def adapt(fn: Callable[..., Any] | None, *fields: str) -> _Listener | None:
+            if fn is None:
+                return None
+            return lambda event: fn(event.step_id, *(getattr(event, f) for f in fields))
+
+        self.on_start = _both(getattr(hooks, "on_step_start", None),
+                              adapt(on_start, "pipeline"))
+        self.on_complete = _both(getattr(hooks, "on_step_complete", None),
+                                 adapt(on_complete, "result"))
+        self.on_error = _both(getattr(hooks, "on_step_error", None),
+                              adapt(on_error, "error", "attempt"))
 
     @staticmethod
-    def _guard(name: str, hook: Callable[..., Any], step_id: str, *args: Any) -> None:
+    def _call(name: str, hook: _Listener, plan: StepPlan, attempt: int, result: Any = None,
+              error: BaseException | None = None) -> None:
+        event = StepEvent(step_id=plan.step_id, workflow_id=plan.workflow_id,
+                          action=plan.action, mode=plan.mode, attempt=attempt,
+                          pipeline=plan.pipeline, result=result, error=error)
         try:
-            hook(step_id, *args)
+            hook(event)
         except Exception:
-            logger().exception("durably: %s hook raised for step %s; ignored", name, step_id)
+            logger().exception("durably: %s hook raised for step %s; ignored", name,
+                               plan.step_id)
 
-    def started(self, plan: StepPlan) -> None:
-        """Report that an attempt of ``plan`` starts (its Pipeline is built only if needed)."""
+    def started(self, plan: StepPlan, attempt: int) -> None:
+        """Report that attempt ``attempt`` of ``plan`` starts."""
         if self.on_start is not None:
-            self._guard("on_step_start", self.on_start, plan.step_id, plan.pipeline)
+            self._call("on_step_start", self.on_start, plan, attempt)
 
-    def completed(self, step_id: str, result: Any) -> None:
-        """Report that ``step_id`` succeeded with ``result``."""
+    def completed(self, plan: StepPlan, attempt: int, result: Any) -> None:
+        """Report that ``plan`` succeeded with ``result``."""
         if self.on_complete is not None:
-            self._guard("on_step_complete", self.on_complete, step_id, result)
+            self._call("on_step_complete", self.on_complete, plan, attempt, result=result)
 
-    def failed(self, step_id: str, error: BaseException, attempt: int) -> None:
-        """Report that attempt ``attempt`` of ``step_id`` raised ``error``."""
+    def failed(self, plan: StepPlan, attempt: int, error: BaseException) -> None:
+        """Report that attempt ``attempt`` of ``plan`` raised ``error``."""
         if self.on_error is not None:
-            self._guard("on_step_error", self.on_error, step_id, error, attempt)
+            self._call("on_step_error", self.on_error, plan, attempt, error=error)
 
 
 # ---------------------------------------------------------------- commands
@@ -188,6 +165,15 @@ class Hooks:
 # Commands are tiny slotted classes rather than frozen dataclasses: a step creates three or
 # four of them, and a frozen dataclass's __init__ costs several times more. Treat them as
 # immutable all the same.
+
+
+class ReadHistory:
+    """Fill ``view`` with its workflow's records from storage (once); answer: ``None``."""
+
+    __slots__ = ("view",)
+
+    def __init__(self, view: WorkflowView) -> None:
+        self.view = view
 
 
 class Write:
@@ -200,7 +186,7 @@ class Write:
 
 
 class Sleep:
-    """Wait ``seconds`` on the runtime's clock; answer: ``None``."""
+    """Wait ``seconds`` (always > 0) on the runtime's clock; answer: ``None``."""
 
     __slots__ = ("seconds",)
 
@@ -211,10 +197,12 @@ class Sleep:
 class RunAttempt:
     """Run the handler once as ``handler(context, *args)`` inside ``step``.
 
-    The driver sets ``step`` as the current step while the handler runs, applies ``timeout``
-    (real seconds, or ``None``), and answers with an :class:`AttemptOutcome`. A
-    ``BaseException`` that is not an ``Exception`` is not an outcome: the driver lets it
-    propagate, leaving the record as it is (RUNNING), exactly like a crash.
+    The driver sets ``step`` as the current step while the handler runs (see
+    :func:`call_handler`), applies ``timeout`` (real seconds, or ``None``), and answers with an
+    :class:`AttemptOutcome`. A ``BaseException`` that is not an ``Exception`` is not an
+    outcome: the driver lets it propagate, leaving the record as it is (RUNNING), exactly like
+    a crash. A driver that can await awaits what an async handler returns; one that cannot
+    hands the awaitable back as the value, and the machine refuses it.
     """
 
     __slots__ = ("args", "context", "handler", "step", "timeout")
@@ -238,33 +226,39 @@ class AttemptOutcome:
         self.error = error
 
 
-Command = Write | Sleep | RunAttempt
+Command = ReadHistory | Write | Sleep | RunAttempt
 StepMachine = Generator[Command, Any, Any]
 
 
 class StepPlan:
     """Everything the state machine needs to know about one call.
 
-    A plain class with slots, whose :class:`Pipeline` is built only when something asks for
-    it: a replay (the hot path) needs neither.
+    A slotted class whose :class:`Pipeline` is built only when something asks for it: a replay
+    (the hot path) needs neither it nor the handler.
+
+    Args:
+        step_id: the step's id.
+        workflow_id: what the record's ``workflow_id`` is.
+        action: the action name.
+        context: the handler's first argument.
+        args: the handler's other arguments.
+        policy: the retry policy in force.
+        mode: ``"do"``, ``"try"`` or ``"send"``.
+        view: the records the runtime knows (``do`` only).
+        handler: the handler, when the caller passed a callable.
+        lookup: finds the handler by name, when ``handler`` is None (only if the step runs).
+        context_hash: the call's hash, for the :class:`Pipeline`.
+        pipeline: the call, when the caller built it.
     """
 
     __slots__ = ("_handler", "_lookup", "_pipeline", "action", "args", "context",
-                 "context_hash", "mode", "policy", "step_id", "workflow_id")
+                 "context_hash", "mode", "policy", "step_id", "view", "workflow_id")
 
     def __init__(
-        self,
-        step_id: str,
-        workflow_id: str,
-        action: str,
-        context: Any,
-        args: tuple[Any, ...],
-        policy: RetryPolicy,
-        mode: str,
-        handler: Handler | None = None,
-        lookup: Callable[[str], Handler] | None = None,
-        context_hash: str | None = None,
-        pipeline: Pipeline | None = None,
+        self, *, step_id: str, workflow_id: str, action: str, context: Any,
+        args: tuple[Any, ...], policy: RetryPolicy, mode: str, view: WorkflowView | None = None,
+        handler: Handler | None = None, lookup: Callable[[str], Handler] | None = None,
+        context_hash: str | None = None, pipeline: Pipeline | None = None,
     ) -> None:
         self.step_id = step_id
         self.workflow_id = workflow_id
@@ -273,6 +267,7 @@ class StepPlan:
         self.args = args
         self.policy = policy
         self.mode = mode
+        self.view = view
         self._handler = handler
         self._lookup = lookup
         self.context_hash = context_hash
@@ -294,115 +289,106 @@ class StepPlan:
                                       self.context_hash)
         return self._pipeline
 
+    def attempt_context(self, attempt: int) -> StepContext:
+        """The :class:`StepContext` that ``current_step()`` gives during ``attempt``."""
+        return new_context(workflow_id=self.workflow_id, step_id=self.step_id,
+                           action=self.action, attempt=attempt,
+                           max_attempts=self.policy.max_attempts, mode=self.mode)
+
 
 COMPLETED, FAILED = StepStatus.COMPLETED, StepStatus.FAILED
 RUNNING, RETRYING = StepStatus.RUNNING, StepStatus.RETRYING
 
-
-class _NotCompleted:
-    """The marker :func:`completed_value` returns for a step that must run."""
-
-
-NOT_COMPLETED: Any = _NotCompleted()
+# Values of these types are never awaitable: the common case skips inspect's checks.
+_PLAIN_VALUES = frozenset({dict, list, str, int, float, bool, tuple, type(None)})
 
 
-def completed_value(codec: Codec, stored: StepRecord | None) -> Any:
-    """The replay rule: the decoded result of a COMPLETED record, else :data:`NOT_COMPLETED`.
-
-    Drivers call it on the record they load before starting :func:`durable_step` (which
-    applies the same rule), so a replay costs no generator at all.
-    """
-    if stored is not None and stored.status is COMPLETED:
-        return decode_result(codec, stored)
-    return NOT_COMPLETED
-
-
-def encode_result(codec: Codec, value: Any) -> tuple[str, bool]:
-    """Encode a handler's value; also say whether decoding it would give ``value`` back as is.
-
-    True only for the JSON codec and plain JSON values (dict, list, str, int, finite float,
-    bool, None), whose decoded copy is equal and of the same types: the runtime then returns
-    the handler's own object instead of decoding what it just encoded.
-    """
-    if type(codec) is JsonCodec:
-        return codec.encode_checked(value)
-    return codec.encode(value), False
-
-
-def decode_result(codec: Codec, record: StepRecord) -> Any:
-    """Return the decoded result of a COMPLETED record.
-
-    Raises:
-        StorageError: the stored text cannot be decoded; names the step id.
-    """
-    try:
-        return codec.decode(record.result)  # type: ignore[arg-type]
-    except Exception as error:
-        raise StorageError(
-            f"stored result of step {record.step_id} cannot be decoded: {error}",
-            step_id=record.step_id,
-        ) from error
+def _refuse_awaitable(plan: StepPlan, outcome: AttemptOutcome) -> AttemptOutcome:
+    """An attempt that gave back an awaitable ran a sync handler that returned a coroutine in
+    a runtime that cannot await it: a programming error, never retried."""
+    value = outcome.value
+    if type(value) in _PLAIN_VALUES or not inspect.isawaitable(value):
+        return outcome
+    if inspect.iscoroutine(value):
+        value.close()  # never awaited: close it so Python does not warn later
+    return AttemptOutcome(error=ConfigurationError(
+        f"the handler of {plan.action!r} returned an awaitable; the sync"
+        " DurableWorkflowRuntime cannot await it. Use AsyncDurableWorkflowRuntime, or make"
+        " the handler return a plain value.",
+        field="handler",
+    ))
 
 
 def single_attempt(plan: StepPlan, hooks: Hooks) -> StepMachine:
     """Run one unrecorded attempt (``try_`` and ``send``): the handler's own error is raised."""
     handler = plan.resolve()
-    step = new_context(plan.workflow_id, plan.step_id, plan.action, 1, 1, plan.mode)
-    hooks.started(plan)
-    outcome: AttemptOutcome = yield RunAttempt(handler, step, plan.context, plan.args, None)
+    hooks.started(plan, 1)
+    outcome: AttemptOutcome = yield RunAttempt(handler, plan.attempt_context(1), plan.context,
+                                               plan.args, None)
+    if outcome.error is None and type(outcome.value) not in _PLAIN_VALUES:
+        outcome = _refuse_awaitable(plan, outcome)
     if outcome.error is not None:
-        hooks.failed(plan.step_id, outcome.error, 1)
+        hooks.failed(plan, 1, outcome.error)
         raise outcome.error
-    hooks.completed(plan.step_id, outcome.value)
+    hooks.completed(plan, 1, outcome.value)
     return outcome.value
 
 
 def durable_step(
-    plan: StepPlan,
-    codec: Codec,
-    hooks: Hooks,
-    now: Callable[[], float],
-    stored: StepRecord | None,
+    plan: StepPlan, codec: Codec, hooks: Hooks, now: Callable[[], float]
 ) -> StepMachine:
-    """Run one durable step (``do``) to its end, as DESIGN.md section 6 describes.
+    """Run one durable step (``do``) to its end.
 
-    ``stored`` is the step's record as the driver knows it (``None`` if there is none); any
-    write may still hand back a COMPLETED record someone else wrote, and then that result is
-    returned. Returns the decoded result. Raises ``WorkflowStepError`` when the step
-    gives up, ``SerializationError`` for an unencodable result, ``HandlerNotFoundError`` for an
-    unknown action, and lets storage errors through.
+    1. The record, as the view knows it: COMPLETED -> its decoded result (the handler is not
+       run, not even looked up). FAILED or none -> a fresh budget. RUNNING or RETRYING -> an
+       interrupted attempt or wait: the same budget continues, counting that attempt.
+    2. Before each attempt a RUNNING marker; after it COMPLETED, RETRYING (with the wait) or
+       FAILED. Any write may hand back a COMPLETED record someone else wrote: its result is
+       returned.
+
+    Raises ``WorkflowStepError`` when the step gives up, ``SerializationError`` for an
+    unencodable result, ``HandlerNotFoundError`` for an unknown action, and lets storage
+    errors through.
     """
-    replayed = completed_value(codec, stored)
-    if replayed is not NOT_COMPLETED:
-        return replayed  # the handler is not run, not even looked up
-    handler = plan.resolve()
+    view = plan.view
+    assert view is not None, "a durable plan has a view"
+    if not view.loaded:
+        yield ReadHistory(view)
     step_id = plan.step_id
-    workflow_id = plan.workflow_id
-    action = plan.action
-    policy = plan.policy
+    stored = view.take(step_id)
+    if stored is not None and stored.status is COMPLETED:
+        return decode_stored(codec, stored)
+    handler = plan.resolve()
+    workflow_id, action, policy = plan.workflow_id, plan.action, plan.policy
+
+    def record(status: StepStatus, t: float, **fields: Any) -> StepRecord:
+        """This step's record at ``t``: the budget as it stands, in ``status``."""
+        return new_record(step_id=step_id, workflow_id=workflow_id, action=action,
+                          status=status, attempts=attempts, created_at=created_at,
+                          started_at=started_at, updated_at=t,
+                          budget_started_at=budget_started_at, **fields)
+
+    def written_back(written: StepRecord) -> StepRecord:
+        view.note(written)
+        return written
 
     # Where the budget stands: a FAILED (or missing) step starts afresh; RUNNING and RETRYING
     # mean an attempt was interrupted or a wait was cut short, so the same budget continues.
-    created_at: float | None = None  # of a new record: the time of its first write, below
-    budget_started_at = 0.0  # of a fresh budget: the start of attempt 1, below
-
-
-    if stored is None or stored.status is FAILED:
-        attempts = 0
-        if stored is not None:
-            created_at = stored.created_at
-        error_info = None if stored is None else stored.error
-        started_at: float | None = None
-    else:
-        t = now()
-        attempts, created_at = stored.attempts, stored.created_at
-        budget_started_at = stored.budget_started_at if stored.budget_started_at is not None else t
-        error_info, started_at = stored.error, stored.started_at
+    t = now()
+    created_at = t if stored is None else stored.created_at
+    started_at = None if stored is None else stored.started_at
+    error_info = None if stored is None else stored.error
+    attempts, budget_started_at = 0, t
+    if stored is not None and stored.status is not FAILED:
+        attempts = stored.attempts
+        if stored.budget_started_at is not None:
+            budget_started_at = stored.budget_started_at
         if attempts >= policy.max_attempts:
             interrupted = StepInterruptedError(step_id, attempts)
-            written = yield Write(_failed(stored, interrupted, t))
+            written = written_back((yield Write(record(
+                FAILED, t, error=ErrorInfo.from_exception(interrupted)))))
             if written.status is COMPLETED:
-                return decode_result(codec, written)
+                return decode_stored(codec, written)
             raise WorkflowStepError(
                 step_id, attempts=attempts, cause=interrupted, action=action,
                 reason="was interrupted during its last attempt",
@@ -417,21 +403,23 @@ def durable_step(
         started_at = t = now()
         if attempts == 1:
             budget_started_at = t
-        if created_at is None:
-            created_at = t
-        record = new_record(step_id, workflow_id, action, RUNNING, None, error_info, attempts,
-                            created_at, t, t, None, None, budget_started_at)
-        written = yield Write(record)
+        # The two records of every step are spelled out rather than built by record(): this
+        # is the hot path, and a keyword call with ** costs measurably more.
+        marker = new_record(step_id=step_id, workflow_id=workflow_id, action=action,
+                            status=RUNNING, error=error_info, attempts=attempts,
+                            created_at=created_at, started_at=t, updated_at=t,
+                            budget_started_at=budget_started_at)
+        written = yield Write(marker)
+        view.note(written)
         if written.status is COMPLETED:  # another process or thread finished it
-            return decode_result(codec, written)
+            return decode_stored(codec, written)
 
-        if hooks.on_start is not None:  # (checked here too: no call at all when unset)
-            hooks.started(plan)
-        outcome: AttemptOutcome = yield RunAttempt(
-            handler, new_context(workflow_id, step_id, action, attempts, policy.max_attempts,
-                                 plan.mode),
-            plan.context, plan.args, policy.timeout,
-        )
+        if hooks.on_start is not None:
+            hooks.started(plan, attempts)
+        outcome: AttemptOutcome = yield RunAttempt(handler, plan.attempt_context(attempts),
+                                                   plan.context, plan.args, policy.timeout)
+        if outcome.error is None and type(outcome.value) not in _PLAIN_VALUES:
+            outcome = _refuse_awaitable(plan, outcome)
         error = outcome.error
         if error is None:
             try:
@@ -441,63 +429,56 @@ def durable_step(
                     problem.reason, type_name=problem.type_name,
                     path=problem.path.replace("value", "result", 1), step_id=step_id,
                 )
-                hooks.failed(step_id, named, attempts)
-                written = yield Write(_failed(record, named, now()))
+                hooks.failed(plan, attempts, named)
+                written = written_back((yield Write(record(
+                    FAILED, now(), error=ErrorInfo.from_exception(named)))))
                 if written.status is COMPLETED:  # another process finished it meanwhile
-                    return decode_result(codec, written)
+                    return decode_stored(codec, written)
                 raise named from None
             t = now()
-            mine = new_record(step_id, workflow_id, action, COMPLETED, encoded, None, attempts,
-                              created_at, started_at, t, t, None, budget_started_at)
+            mine = new_record(step_id=step_id, workflow_id=workflow_id, action=action,
+                              status=COMPLETED, result=encoded, attempts=attempts,
+                              created_at=created_at, started_at=started_at, updated_at=t,
+                              completed_at=t, budget_started_at=budget_started_at)
             written = yield Write(mine)
+            view.note(written)
             # What a replay will return: our own value when decoding would only copy it.
             result = (outcome.value if same_value and written is mine
-                      else decode_result(codec, written))
+                      else decode_stored(codec, written))
             if hooks.on_complete is not None:
-                hooks.completed(step_id, result)
+                hooks.completed(plan, attempts, result)
             return result
 
-        hooks.failed(step_id, error, attempts)
+        hooks.failed(plan, attempts, error)
         t = now()
         decision = decide_retry(
             policy, attempts=attempts, error=error, now=t,
             budget_started_at=budget_started_at, workflow_id=workflow_id, step_id=step_id,
         )
         if not decision.retry:
-            written = yield Write(_failed(record, error, t))
+            written = written_back((yield Write(record(
+                FAILED, t, error=ErrorInfo.from_exception(error)))))
             if written.status is COMPLETED:
-                return decode_result(codec, written)
-            raise WorkflowStepError(
-                step_id, attempts=attempts, cause=error, action=action,
-                reason=f"failed after {attempts} attempt{'s' if attempts != 1 else ''}"
-                f" ({decision.reason})",
-            ) from error
+                return decode_stored(codec, written)
+            raise WorkflowStepError(step_id, attempts=attempts, cause=error, action=action,
+                                    reason=decision.reason) from error
         error_info = ErrorInfo.from_exception(error, with_traceback=False)
         if decision.delay > 0:
             # The wait is part of the schedule: record it, so that a crash during it resumes
             # the rest of it. A retry with no wait goes straight to the next attempt's RUNNING
             # marker, which carries this error and counts attempts just the same.
-            written = yield Write(new_record(
-                step_id, workflow_id, action, RETRYING, None, error_info, attempts, created_at,
-                started_at, t, None, t + decision.delay, budget_started_at))
+            written = written_back((yield Write(record(
+                RETRYING, t, error=error_info, next_attempt_at=t + decision.delay))))
             if written.status is COMPLETED:
-                return decode_result(codec, written)
+                return decode_stored(codec, written)
             yield Sleep(decision.delay)
-
-
-def _failed(record: StepRecord, error: BaseException, t: float) -> StepRecord:
-    """``record`` (the budget as it stands) turned FAILED at ``t``, with ``error`` and its
-    traceback."""
-    return new_record(record.step_id, record.workflow_id, record.action, FAILED, None,
-                      ErrorInfo.from_exception(error), record.attempts, record.created_at,
-                      record.started_at, t, None, None, record.budget_started_at)
 
 
 def call_handler(command: RunAttempt) -> AttemptOutcome:
     """Call the handler of ``command`` as the current step; capture an ``Exception``.
 
     A ``BaseException`` that is not an ``Exception`` propagates. The value is returned as it
-    is, even when it is awaitable: a driver that cannot await decides what that means.
+    is, even when it is awaitable: a driver that can await does so itself.
     """
     token = enter_step(command.step)
     try:

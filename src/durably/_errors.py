@@ -17,7 +17,9 @@ Everything durably raises on purpose derives from :class:`DurableError`::
         └── StepInterruptedError                          an attempt was cut off (crash, kill) and
                                                           was the last one its budget allowed
 
-This module imports nothing from the package: it is the bottom layer.
+This module imports nothing from the package: it is the bottom layer. Every class here shows
+as ``durably.<Name>`` in tracebacks and in recorded errors (``ErrorInfo.module``), because that
+is where users import it from.
 
 Every error keeps its structured attributes through ``pickle`` (errors cross process
 boundaries in multiprocessing pools and in logs): :meth:`DurableError.__reduce__` rebuilds the
@@ -112,12 +114,6 @@ class SerializationError(DurableError, TypeError):
         if self.step_id:
             text += f" (step {self.step_id})"
         return text
-
-    def for_step(self, step_id: str) -> SerializationError:
-        """Return a copy of this error that also names ``step_id``."""
-        return SerializationError(
-            self.reason, type_name=self.type_name, path=self.path, step_id=step_id
-        )
 
 
 class StorageError(DurableError):
@@ -216,3 +212,9 @@ class StepInterruptedError(DurableError):
         )
         self.step_id = step_id
         self.attempts = attempts
+
+
+for _public in (ConfigurationError, DurableError, HandlerNotFoundError, NonRetryableError,
+                RetryAfterError, SerializationError, StepInterruptedError, StepTimeoutError,
+                StorageError, WorkflowStepError):
+    _public.__module__ = "durably"

@@ -17,7 +17,7 @@ from typing import Any
 
 from ._codec import dump_canonical, is_plain, to_tagged
 
-__all__ = ["SCHEME_PREFIX", "CallCounter", "call_hash", "numbered"]
+__all__ = ["SCHEME_PREFIX", "CallCounter", "call_hash"]
 
 SCHEME_PREFIX = "s1_"
 
@@ -52,11 +52,6 @@ def call_hash(
     return SCHEME_PREFIX + digest[:32]
 
 
-def numbered(base: str, n: int) -> str:
-    """Return the id of the ``n``-th (0-based) call with hash ``base`` in its scope."""
-    return base if n == 0 else f"{base}#{n}"
-
-
 class CallCounter:
     """Counts calls per hash within one scope, to number identical calls ``#1``, ``#2``...
 
@@ -74,7 +69,3 @@ class CallCounter:
             counter = self._seen.setdefault(base, itertools.count())
         n = next(counter)
         return base if n == 0 else f"{base}#{n}"
-
-    def reset(self) -> None:
-        """Forget every count (a parent's new attempt starts numbering afresh)."""
-        self._seen.clear()

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
-    "ErrorInfo", "Pipeline", "StepContext", "StepRecord", "StepStatus", "new_context",
-    "new_record",
+    "ErrorInfo", "Pipeline", "StepContext", "StepEvent", "StepRecord", "StepStatus",
+    "new_context", "new_record",
 ]
 
 
@@ -118,17 +118,18 @@ _new_object = object.__new__
 
 
 def new_record(
-    step_id: str, workflow_id: str, action: str, status: StepStatus, result: str | None,
-    error: ErrorInfo | None, attempts: int, created_at: float, started_at: float | None,
-    updated_at: float, completed_at: float | None, next_attempt_at: float | None,
-    budget_started_at: float | None,
+    *, step_id: str, workflow_id: str, action: str, status: StepStatus,
+    result: str | None = None, error: ErrorInfo | None = None, attempts: int = 0,
+    created_at: float = 0.0, started_at: float | None = None, updated_at: float = 0.0,
+    completed_at: float | None = None, next_attempt_at: float | None = None,
+    budget_started_at: float | None = None,
 ) -> StepRecord:
-    """Build a :class:`StepRecord` from all its fields, in order, at half the cost.
+    """Build a :class:`StepRecord` from keywords, at half the cost of its ``__init__``.
 
     A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``; the
-    runtime builds two records per step (and a storage backend one per row read), so the hot
-    paths fill the instance dict in one call instead. The result is an ordinary, frozen,
-    equal-comparing StepRecord.
+    runtime builds two records per step (and a storage backend one per row it reads), so they
+    are built here by filling the instance dict in one call. The result is an ordinary,
+    frozen, equal-comparing StepRecord; the fields and defaults are the dataclass's own.
     """
     record: StepRecord = _new_object(StepRecord)
     record.__dict__.update(
@@ -198,10 +199,38 @@ class StepContext:
         return "idem_" + digest[:32]
 
 
-def new_context(workflow_id: str, step_id: str, action: str, attempt: int, max_attempts: int,
-                mode: str) -> StepContext:
+def new_context(*, workflow_id: str, step_id: str, action: str, attempt: int,
+                max_attempts: int, mode: str) -> StepContext:
     """Build a :class:`StepContext` (one per attempt) the fast way :func:`new_record` does."""
     context: StepContext = _new_object(StepContext)
     context.__dict__.update(workflow_id=workflow_id, step_id=step_id, action=action,
                             attempt=attempt, max_attempts=max_attempts, mode=mode)
     return context
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """What a hook is told about one attempt of a step (see ``StepHooks``).
+
+    One frozen object rather than positional arguments, so that a field added later changes
+    no hook's signature.
+
+    Attributes:
+        step_id: the step's id.
+        workflow_id: the workflow (or, inside a run, the run id) the step belongs to.
+        action: the action name.
+        mode: ``"do"``, ``"try"`` or ``"send"``.
+        attempt: the 1-based attempt number, interrupted attempts included.
+        pipeline: the call, as a :class:`Pipeline`.
+        result: the step's value (``on_step_complete`` only).
+        error: the exception the attempt raised (``on_step_error`` only).
+    """
+
+    step_id: str
+    workflow_id: str
+    action: str
+    mode: str
+    attempt: int
+    pipeline: Pipeline
+    result: Any = None
+    error: BaseException | None = None

@@ -16,9 +16,13 @@ from typing import Any
 
 from ._errors import ConfigurationError, HandlerNotFoundError
 
-__all__ = ["Domain", "Registry", "callable_name", "compile_pattern", "is_async_callable"]
+__all__ = [
+    "Domain", "Handler", "Registry", "callable_name", "compile_pattern", "is_async_callable",
+    "validate_action_name",
+]
 
 Handler = Callable[..., Any]
+"""What a handler is: any callable; called as ``handler(context, *args)``."""
 
 _SEGMENT = re.compile(r"[^.\s*]+")
 

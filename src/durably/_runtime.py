@@ -5,48 +5,32 @@ blocking storage calls, ``clock.sleep`` and, for timed attempts, a worker thread
 from __future__ import annotations
 
 import contextvars
-import inspect
 import threading
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from ._api import RuntimeBase
+from ._clock import Clock, SystemClock
 from ._core import (
-    NOT_COMPLETED,
     AttemptOutcome,
-    Clock,
+    ReadHistory,
     RunAttempt,
+    Sleep,
     StepMachine,
     StepPlan,
     Write,
     call_handler,
-    completed_value,
-    durable_step,
     logger,
-    single_attempt,
 )
-from ._errors import ConfigurationError, StepTimeoutError
-from ._records import Pipeline
+from ._errors import StepTimeoutError
+from ._records import Pipeline, StepRecord
 from ._retry import RetryPolicy
+from ._runtime_base import RuntimeBase
 
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
 
-__all__ = ["DurableWorkflowRuntime", "SystemClock"]
-
-
-class SystemClock:
-    """Wall-clock time (``time.time``, comparable across processes) and ``time.sleep``."""
-
-    def now(self) -> float:
-        """Return seconds since the epoch."""
-        return time.time()
-
-    def sleep(self, seconds: float) -> None:
-        """Block for ``seconds``."""
-        time.sleep(seconds)
+__all__ = ["DurableWorkflowRuntime"]
 
 
 class _Deliveries:
@@ -59,7 +43,7 @@ class _Deliveries:
         self._idle = threading.Condition()
         self._closed = False
 
-    def submit(self, work: Any) -> None:
+    def submit(self, work: Callable[[], None]) -> None:
         with self._idle:
             if self._closed:
                 raise RuntimeError("the runtime is closed")
@@ -91,7 +75,7 @@ class _Deliveries:
 
     def flush(self, timeout: float | None) -> bool:
         with self._idle:
-            return self._idle.wait_for(lambda: self._pending == 0, timeout)
+            return bool(self._idle.wait_for(lambda: self._pending == 0, timeout))
 
     def close(self) -> None:
         with self._idle:
@@ -101,23 +85,12 @@ class _Deliveries:
             executor.shutdown(wait=True)
 
 
-_NEVER_AWAITABLE = frozenset({dict, list, str, int, float, bool, tuple, type(None)})
+class _Family:
+    """What a runtime shares with its ``for_workflow`` siblings besides its options."""
 
-
-def _reject_awaitable(outcome: AttemptOutcome, command: RunAttempt) -> AttemptOutcome:
-    value = outcome.value
-    if type(value) in _NEVER_AWAITABLE:  # the common case, without inspect's checks
-        return outcome
-    if outcome.error is None and inspect.isawaitable(value):
-        if inspect.iscoroutine(value):
-            value.close()  # never awaited: close it so Python does not warn later
-        return AttemptOutcome(error=ConfigurationError(
-            f"the handler of {command.step.action!r} returned an awaitable; the sync"
-            " DurableWorkflowRuntime cannot await it. Use AsyncDurableWorkflowRuntime, or make"
-            " the handler return a plain value.",
-            field="handler",
-        ))
-    return outcome
+    def __init__(self) -> None:
+        self.closed = False
+        self.deliveries = _Deliveries()
 
 
 class DurableWorkflowRuntime(RuntimeBase):
@@ -130,6 +103,8 @@ class DurableWorkflowRuntime(RuntimeBase):
         on_step_start: ``hook(step_id, pipeline)`` before every attempt.
         on_step_complete: ``hook(step_id, result)`` after every success.
         on_step_error: ``hook(step_id, error, attempt)`` after every failed attempt.
+        hooks: a :class:`StepHooks` object whose methods receive a :class:`StepEvent`
+            (with, or instead of, the three callables above).
         clock: ``now()`` and ``sleep()`` (default: wall-clock time; tests use ``FakeClock``).
         codec: turns results into text and back (default: :class:`JsonCodec`).
 
@@ -139,12 +114,14 @@ class DurableWorkflowRuntime(RuntimeBase):
 
     _accepts_async = False
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._deliveries = _Deliveries()
-
     def _default_clock(self) -> Clock:
         return SystemClock()
+
+    def _new_family(self) -> _Family:
+        return _Family()
+
+    def _finished(self, value: Any) -> Any:
+        return value
 
     # ------------------------------------------------------------ the three levels
 
@@ -155,7 +132,7 @@ class DurableWorkflowRuntime(RuntimeBase):
             HandlerNotFoundError: no handler is registered for ``action``.
             Exception: whatever the handler raised, unwrapped.
         """
-        return self._run_once(self._plan_try(action, data, (), step_id))
+        return self._once(self._plan_try(action, data, (), step_id))
 
     def do(
         self,
@@ -175,7 +152,7 @@ class DurableWorkflowRuntime(RuntimeBase):
             action: a registered action name (``"Domain.method"``) or a callable.
             data: the handler's single argument; hashed into the step id.
             retry: a policy for this call only.
-            step_id: your own key for the step, used as it is.
+            step_id: your own key for the step.
 
         Raises:
             WorkflowStepError: the step gave up; chained to the last cause.
@@ -183,7 +160,7 @@ class DurableWorkflowRuntime(RuntimeBase):
             SerializationError: ``data`` cannot be hashed, or the result cannot be encoded.
             StorageError: the store failed.
         """
-        return self._run_durable(self._plan_do(action, data, (), retry, step_id))
+        return self._durable(self._plan_do(action, data, (), retry, step_id))
 
     def execute_step(
         self,
@@ -204,13 +181,7 @@ class DurableWorkflowRuntime(RuntimeBase):
             ValueError: an unknown mode (a :class:`ConfigurationError`).
             HandlerNotFoundError: no handler for the action (at once, in every mode).
         """
-        plan = self._plan_execute(step_id, pipeline, args, mode, retry)
-        if plan.mode == "do":
-            return self._run_durable(plan)
-        if plan.mode == "try":
-            return self._run_once(plan)
-        self._dispatch(plan)
-        return None
+        return self._execute(self._plan_execute(step_id, pipeline, args, mode, retry))
 
     # ------------------------------------------------------------ lifecycle
 
@@ -219,7 +190,8 @@ class DurableWorkflowRuntime(RuntimeBase):
 
         Do not call it from inside a subscriber: it would wait for itself.
         """
-        return self._deliveries.flush(timeout)
+        family: _Family = self._family
+        return family.deliveries.flush(timeout)
 
     def close(self) -> None:
         """Wait for deliveries, stop the worker pool and close the storage. Idempotent.
@@ -227,8 +199,10 @@ class DurableWorkflowRuntime(RuntimeBase):
         Runtimes made by :meth:`for_workflow` share the storage, so closing one closes it for
         all of them.
         """
-        self._deliveries.flush(None)
-        self._deliveries.close()
+        family: _Family = self._family
+        family.deliveries.flush(None)
+        family.deliveries.close()
+        family.closed = True
         self._storage.close()
 
     def __enter__(self) -> DurableWorkflowRuntime:
@@ -240,59 +214,49 @@ class DurableWorkflowRuntime(RuntimeBase):
 
     # ------------------------------------------------------------ driving the core
 
-    def _run_durable(self, plan: StepPlan) -> Any:
-        known = self._known
-        if known is None:
-            known = self._index_records(self._storage.list(workflow_id=self._workflow_id))
-        stored = known.get(plan.step_id)
-        replayed = completed_value(self._codec, stored)
-        if replayed is not NOT_COMPLETED:
-            return replayed
-        return self._drive(
-            durable_step(plan, self._codec, self._hooks, self._clock.now, stored))
-
-    def _run_once(self, plan: StepPlan) -> Any:
-        return self._drive(single_attempt(plan, self._hooks))
-
     def _dispatch(self, plan: StepPlan) -> None:
         def deliver() -> None:
             try:
-                self._run_once(plan)
+                self._once(plan)
             except Exception:
                 logger().exception("durably: %s delivery %s failed", plan.action,
-                                 plan.step_id)
+                                   plan.step_id)
 
         try:
-            self._deliveries.submit(deliver)
+            self._family.deliveries.submit(deliver)
         except RuntimeError:
             logger().warning("durably: %s sent after close(); dropped", plan.action)
 
     def _drive(self, machine: StepMachine) -> Any:
+        answers = _ANSWERS
         reply: Any = None
         try:
             while True:
                 command = machine.send(reply)
-                kind = type(command)
-                if kind is Write:
-                    reply = self._storage.set(command.record)  # type: ignore[union-attr]
-                    self._note_write(reply)
-                elif kind is RunAttempt:
-                    if command.timeout is None:  # type: ignore[union-attr]
-                        reply = call_handler(command)  # type: ignore[arg-type]
-                        if type(reply.value) not in _NEVER_AWAITABLE:  # skip a call, usually
-                            reply = _reject_awaitable(reply, command)  # type: ignore[arg-type]
-                    else:
-                        reply = self._timed_attempt(command)  # type: ignore[arg-type]
-                else:
-                    seconds = command.seconds  # type: ignore[union-attr]
-                    reply = self._clock.sleep(seconds) if seconds > 0 else None
+                answer = answers.get(type(command))
+                if answer is None:
+                    raise TypeError(f"DurableWorkflowRuntime cannot answer {command!r}")
+                reply = answer(self, command)
         except StopIteration as done:
             return done.value
         finally:
             machine.close()
 
-    def _timed_attempt(self, command: RunAttempt) -> AttemptOutcome:
-        assert command.timeout is not None
+    def _read_history(self, command: ReadHistory) -> None:
+        view = command.view
+        with view.lock:  # threads making their first calls at once share one read
+            if not view.loaded:
+                view.fill(self._storage.list(workflow_id=view.workflow_id))
+
+    def _write(self, command: Write) -> StepRecord:
+        return self._storage.set(command.record)
+
+    def _sleep(self, command: Sleep) -> None:
+        self._clock.sleep(command.seconds)
+
+    def _attempt(self, command: RunAttempt) -> AttemptOutcome:
+        if command.timeout is None:
+            return call_handler(command)
         # A sync handler cannot be interrupted: it runs in a daemon thread that is abandoned at
         # the deadline. Its late result lands in a box nobody reads, so it is never recorded.
         box: list[Any] = []
@@ -313,4 +277,14 @@ class DurableWorkflowRuntime(RuntimeBase):
         result = box[0]
         if isinstance(result, BaseException):
             raise result
-        return _reject_awaitable(result, command)
+        outcome: AttemptOutcome = result
+        return outcome
+
+
+# The closed table of answers: a command of another type is refused, never misread.
+_ANSWERS: dict[type, Callable[[DurableWorkflowRuntime, Any], Any]] = {
+    ReadHistory: DurableWorkflowRuntime._read_history,
+    Write: DurableWorkflowRuntime._write,
+    Sleep: DurableWorkflowRuntime._sleep,
+    RunAttempt: DurableWorkflowRuntime._attempt,
+}

@@ -246,7 +246,7 @@ def scenario_sqlite_replay(directory: Path, steps: int, reps: int) -> list[Row]:
     durable_steps(str(path), steps, "normal")
     conn = sqlite3.connect(path)
     ids = [row[0] for row in conn.execute(
-        "SELECT step_id FROM durably_steps WHERE workflow_id = 'bench' ORDER BY created_at")]
+        "SELECT step_id FROM durably_steps WHERE workflow_id = 'bench' ORDER BY seq")]
     conn.close()
     ours, raw = [], []
     for _ in range(reps):
@@ -330,6 +330,13 @@ def scenario_retries(steps: int, reps: int) -> list[Row]:
 # ------------------------------------------------------------------ 5. scale
 
 
+STEP_INSERT = (
+    "INSERT INTO durably_steps (step_id, workflow_id, action, status, result, error, attempts,"
+    " created_at, started_at, updated_at, completed_at, next_attempt_at, budget_started_at)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+
+
 def populate(path: Path, records: int) -> None:
     """Put ``records`` completed steps of other workflows in a durably database, fast."""
     SqliteStepStorage(path).close()
@@ -342,11 +349,10 @@ def populate(path: Path, records: int) -> None:
                       "completed", ROW, None, 1, float(n), float(n), float(n), float(n),
                       None, float(n)))
         if len(batch) == 10_000:
-            conn.executemany("INSERT INTO durably_steps VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                             batch)
+            conn.executemany(STEP_INSERT, batch)
             batch.clear()
     if batch:
-        conn.executemany("INSERT INTO durably_steps VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", batch)
+        conn.executemany(STEP_INSERT, batch)
     conn.execute("COMMIT")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()

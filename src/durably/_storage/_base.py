@@ -10,7 +10,7 @@ from typing import Protocol, runtime_checkable
 
 from .._records import StepRecord, StepStatus
 
-__all__ = ["StepStorage"]
+__all__ = ["StepStorage", "is_blocking"]
 
 
 @runtime_checkable
@@ -21,6 +21,12 @@ class StepStorage(Protocol):
     processes must keep the same rules across processes. Failures of the store itself are
     raised as :class:`~durably.StorageError` naming what failed. Check an adapter with
     :class:`durably.testing.StorageContract`.
+
+    An adapter may also say whether its calls block, with a class attribute
+    ``blocking: bool`` (optional; a storage without it is taken to block). The asyncio
+    runtime calls a non-blocking storage directly on its event loop and a blocking one on a
+    small thread pool, so that a disk wait or another process's lock never stalls the loop.
+    ``InMemoryStepStorage.blocking`` is False; ``SqliteStepStorage.blocking`` is True.
     """
 
     def get(self, step_id: str) -> StepRecord | None:
@@ -49,10 +55,18 @@ class StepStorage(Protocol):
     ) -> list[StepRecord]:
         """Return the records matching both filters (``None`` matches all).
 
-        Ordered by ``created_at``, then ``step_id``.
+        Ordered by when each record was first written (a per-store sequence: a later ``set``
+        of the same step keeps its place; ``created_at`` is not consulted), so a workflow's
+        history reads in call order even when every timestamp is equal.
         """
         ...
 
     def close(self) -> None:
         """Release resources. Idempotent; other methods may fail after it."""
         ...
+
+
+def is_blocking(storage: object) -> bool:
+    """Whether calls to ``storage`` may block (its optional ``blocking`` attribute; default
+    True)."""
+    return bool(getattr(storage, "blocking", True))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import threading
+from typing import ClassVar
 
 from .._records import StepRecord, StepStatus
 
@@ -16,6 +17,9 @@ class InMemoryStepStorage:
     Records are frozen dataclasses, so handing the stored objects out keeps them values.
     Subclasses may wrap any method with ``super()`` calls.
     """
+
+    blocking: ClassVar[bool] = False
+    """Calls are dict operations: the asyncio runtime makes them on its event loop."""
 
     def __init__(self) -> None:
         self._records: dict[str, StepRecord] = {}
@@ -42,16 +46,17 @@ class InMemoryStepStorage:
     def list(
         self, workflow_id: str | None = None, status: StepStatus | None = None
     ) -> builtins.list[StepRecord]:
-        """Return matching records ordered by ``created_at``, then ``step_id``."""
+        """Return matching records in the order they were first written.
+
+        (A dict keeps its keys in insertion order, and replacing a value keeps its place.)
+        """
         with self._lock:
             records = builtins.list(self._records.values())
-        matching = [
+        return [
             record for record in records
             if (workflow_id is None or record.workflow_id == workflow_id)
             and (status is None or record.status is status)
         ]
-        matching.sort(key=lambda record: (record.created_at, record.step_id))
-        return matching
 
     def clear(self) -> None:
         """Remove every record."""

@@ -1,8 +1,7 @@
 """The storage contract suite, exposed publicly as ``durably.testing.StorageContract``.
 
-Kept apart from ``testing.py`` so that the storage tests of this package and adapter authors
-run exactly the same checks. It needs no test framework: each check is a method taking a fresh
-storage and using plain ``assert``.
+The storage tests of this package and adapter authors run exactly the same checks. It needs no
+test framework: each check is a method taking a fresh storage and using plain ``assert``.
 """
 
 from __future__ import annotations
@@ -12,8 +11,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from ._records import ErrorInfo, StepRecord, StepStatus
-from ._storage import StepStorage
+from .._records import ErrorInfo, StepRecord, StepStatus
+from .._storage import StepStorage
 
 __all__ = ["StorageContract"]
 
@@ -151,13 +150,17 @@ class StorageContract:
         assert [r.step_id for r in storage.list("a", StepStatus.RUNNING)] == ["a1"]
         assert storage.list(workflow_id="nobody") == []
 
-    def test_list_orders_by_created_at_then_step_id(self, storage: StepStorage) -> None:
-        """``list`` orders by ``created_at``, then ``step_id``, whatever the write order."""
-        storage.set(_record("z", created_at=1.0))
-        storage.set(_record("b", created_at=2.0))
-        storage.set(_record("a", created_at=2.0))
+    def test_list_keeps_first_write_order(self, storage: StepStorage) -> None:
+        """``list`` returns records in the order they were first written, whatever their ids
+        and timestamps; a later write of a step keeps its place."""
+        storage.set(_record("z", created_at=5.0))
+        storage.set(_record("b", created_at=1.0))
+        storage.set(_record("a", created_at=1.0))
         storage.set(_record("c", created_at=0.5))
-        assert [r.step_id for r in storage.list()] == ["c", "z", "a", "b"]
+        storage.set(_record("z", status=StepStatus.RETRYING, next_attempt_at=9.0))
+        storage.set(_completed("b", '"done"'))
+        assert [r.step_id for r in storage.list()] == ["z", "b", "a", "c"]
+        assert [r.step_id for r in storage.list(workflow_id="wf")] == ["z", "b", "a", "c"]
 
     def test_large_and_unusual_values(self, storage: StepStorage) -> None:
         """Long results and ids with any characters are stored as they are."""

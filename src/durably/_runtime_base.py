@@ -1,7 +1,10 @@
-"""What both runtime flavours share: options, registration, step ids and plans, the proxy.
+"""What both runtime flavours share: options, registration, planning calls, ``send``.
 
 The sync runtime (``_runtime.py``) and the asyncio runtime (``_aio.py``) subclass
-:class:`RuntimeBase` and only add how commands of the state machine are answered.
+:class:`RuntimeBase` and add only how the state machine's commands are answered (blocking
+calls, or awaits) and how ``send`` deliveries run in the background. A call is *planned* here
+(its action resolved, its step id hashed and numbered, its policy chosen) into a
+:class:`~durably._core.StepPlan`, and the flavour drives the machine of ``_core.py`` with it.
 """
 
 from __future__ import annotations
@@ -10,16 +13,27 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, TypeVar
 
+from ._clock import Clock
 from ._codec import Codec, JsonCodec
-from ._core import Clock, Handler, Hooks, StepPlan, active_step, logger
+from ._context import Scope, active_step
+from ._core import (
+    Hooks,
+    StepHooks,
+    StepMachine,
+    StepPlan,
+    durable_step,
+    logger,
+    single_attempt,
+)
 from ._errors import ConfigurationError, SerializationError
-from ._ids import CallCounter, call_hash
-from ._records import Pipeline, StepRecord, StepStatus
-from ._registry import Domain, Registry, callable_name, validate_action_name
+from ._ids import call_hash
+from ._proxy import Proxy
+from ._records import Pipeline
+from ._registry import Domain, Handler, Registry, callable_name, validate_action_name
 from ._retry import RetryPolicy
-from ._storage import InMemoryStepStorage, StepStorage
+from ._storage import StepStorage, default_storage
 
-__all__ = ["MODES", "Proxy", "RuntimeBase", "fresh_id"]
+__all__ = ["MODES", "RuntimeBase", "fresh_id"]
 
 MODES = ("do", "try", "send")
 
@@ -40,13 +54,29 @@ def _check_mode(mode: object) -> str:
     return str(mode)
 
 
+def _check_retry(retry: object) -> RetryPolicy | None:
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise ConfigurationError(f"retry must be a RetryPolicy, got {retry!r}", field="retry")
+    return retry
+
+
+def _check_workflow_id(workflow_id: object) -> str:
+    if not isinstance(workflow_id, str) or not workflow_id:
+        raise ConfigurationError(f"workflow_id must be a non-empty str, got {workflow_id!r}",
+                                 field="workflow_id")
+    return workflow_id
+
+
 def fresh_id(prefix: str) -> str:
     """Return a random id for a call that is never stored (a send delivery)."""
     return f"{prefix}_{os.urandom(16).hex()}"
 
 
 class RuntimeBase:
-    """Options, registration and step planning shared by both runtime flavours."""
+    """Options, registration and call planning shared by both runtime flavours.
+
+    The constructor's parameters are documented on each flavour's class.
+    """
 
     _accepts_async: ClassVar[bool] = False
 
@@ -59,11 +89,12 @@ class RuntimeBase:
         on_step_complete: Callable[[str, Any], Any] | None = None,
         on_step_error: Callable[[str, BaseException, int], Any] | None = None,
         *,
+        hooks: StepHooks | None = None,
         clock: Clock | None = None,
         codec: Codec | None = None,
     ) -> None:
         if storage is None:
-            storage = InMemoryStepStorage()
+            storage = default_storage()
         elif not isinstance(storage, StepStorage):
             raise ConfigurationError(
                 f"storage must implement StepStorage (get, set, delete, list, close),"
@@ -79,41 +110,51 @@ class RuntimeBase:
             if hook is not None and not callable(hook):
                 raise ConfigurationError(f"{name} must be callable or None, got {hook!r}",
                                          field=name)
+        if hooks is not None and not any(callable(getattr(hooks, name, None)) for name in
+                                         ("on_step_start", "on_step_complete", "on_step_error")):
+            raise ConfigurationError(
+                f"hooks must have on_step_start, on_step_complete or on_step_error, got"
+                f" {hooks!r}", field="hooks")
         if codec is not None and not (callable(getattr(codec, "encode", None))
                                       and callable(getattr(codec, "decode", None))):
             raise ConfigurationError(f"codec must have encode() and decode(), got {codec!r}",
                                      field="codec")
         self._storage: StepStorage = storage
         self._policy = retry_policy
-        self._workflow_id = self._check_workflow_id(workflow_id)
-        self._hooks = Hooks(on_step_start, on_step_complete, on_step_error)
+        self._hooks = Hooks(hooks, on_step_start, on_step_complete, on_step_error)
         self._clock: Clock = clock if clock is not None else self._default_clock()
         self._codec: Codec = codec if codec is not None else JsonCodec()
         self._registry = Registry(accepts_async=self._accepts_async)
-        self._counter = CallCounter()
-        # The workflow's records, read in one query at the first durable call: replays are
-        # answered from memory, and a new step needs no read before its first write. See
-        # _note_write for how it stays current, and bounded, afterwards.
-        self._known: dict[str, StepRecord] | None = None
+        self._family = self._new_family()
+        self._scope = Scope(_check_workflow_id(workflow_id))
 
-    # ------------------------------------------------------------ flavour hooks
+    # ------------------------------------------------------------ what each flavour adds
 
     def _default_clock(self) -> Clock:
         raise NotImplementedError
 
-    # ------------------------------------------------------------ options
+    def _new_family(self) -> Any:
+        """Return the state this runtime shares with its siblings: closed flag, pools."""
+        raise NotImplementedError
 
-    @staticmethod
-    def _check_workflow_id(workflow_id: object) -> str:
-        if not isinstance(workflow_id, str) or not workflow_id:
-            raise ConfigurationError(f"workflow_id must be a non-empty str, got {workflow_id!r}",
-                                     field="workflow_id")
-        return workflow_id
+    def _drive(self, machine: StepMachine) -> Any:
+        """Answer the machine's commands: return its value (sync) or an awaitable (async)."""
+        raise NotImplementedError
+
+    def _dispatch(self, plan: StepPlan) -> None:
+        """Run a ``send`` delivery in the background."""
+        raise NotImplementedError
+
+    def _finished(self, value: Any) -> Any:
+        """Return ``value`` as the flavour returns results: as it is, or as an awaitable."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ options
 
     @property
     def workflow_id(self) -> str:
         """The workflow id that scopes this runtime's step ids."""
-        return self._workflow_id
+        return self._scope.workflow_id
 
     @property
     def storage(self) -> StepStorage:
@@ -125,18 +166,39 @@ class RuntimeBase:
         """The default retry policy for ``do``."""
         return self._policy
 
+    @property
+    def clock(self) -> Clock:
+        """The clock this runtime reads time from (and sleeps on)."""
+        return self._clock
+
+    @property
+    def codec(self) -> Codec:
+        """The codec that encodes results and inputs."""
+        return self._codec
+
+    @property
+    def closed(self) -> bool:
+        """Whether this runtime, or a sibling sharing its storage, has been closed."""
+        return bool(self._family.closed)
+
     def for_workflow(self: _Self, workflow_id: str) -> _Self:
         """Return a runtime bound to ``workflow_id``.
 
-        It shares this runtime's storage, actions, subscriptions, policy, hooks, clock and
-        codec; it numbers its own calls from zero.
+        It shares this runtime's storage, actions, subscriptions, policy, hooks, clock, codec
+        and background workers; it numbers its own calls from zero and reads its own
+        workflow's records. Closing either closes the shared storage, and both report
+        ``closed``.
         """
-        clone = object.__new__(type(self))
-        clone.__dict__.update(self.__dict__)
-        clone._workflow_id = self._check_workflow_id(workflow_id)
-        clone._counter = CallCounter()
-        clone._known = None
-        return clone
+        sibling = object.__new__(type(self))
+        sibling._storage = self._storage
+        sibling._policy = self._policy
+        sibling._hooks = self._hooks
+        sibling._clock = self._clock
+        sibling._codec = self._codec
+        sibling._registry = self._registry
+        sibling._family = self._family
+        sibling._scope = Scope(_check_workflow_id(workflow_id))
+        return sibling
 
     # ------------------------------------------------------------ registration
 
@@ -182,31 +244,7 @@ class RuntimeBase:
 
         The call runs ``"Inventory.check"`` as ``handler(product, qty)`` in ``mode``.
         """
-        return Proxy(self, _check_mode(mode))
-
-    # ------------------------------------------------------------ what is recorded
-
-    def _index_records(self, records: list[StepRecord]) -> dict[str, StepRecord]:
-        known = {record.step_id: record for record in records}
-        if self._known is None:  # another thread may have loaded it meanwhile: keep theirs
-            self._known = known
-        return self._known
-
-    def _note_write(self, record: StepRecord) -> None:
-        """Keep the picture current with one of this runtime's own writes.
-
-        An unfinished record (RUNNING, RETRYING, FAILED) is kept, so that a later call for the
-        same step continues its budget. A COMPLETED one is dropped: the picture must not grow
-        with every step a long-lived runtime runs, and none is needed, because COMPLETED is
-        final in every storage. A later call for that step (or for one another process
-        completed after the read) writes its marker, is handed the completed record back by
-        the storage, and returns its result without running the handler.
-        """
-        known: dict[str, StepRecord] = self._known  # type: ignore[assignment]  # loaded first
-        if record.status is StepStatus.COMPLETED:
-            known.pop(record.step_id, None)
-        else:
-            known[record.step_id] = record
+        return Proxy(self._proxy_call, _check_mode(mode))
 
     # ------------------------------------------------------------ planning
 
@@ -221,30 +259,23 @@ class RuntimeBase:
         raise ConfigurationError(
             f"an action is a registered name or a callable, got {action!r}", field="action")
 
-    def _plan_do(
-        self,
-        action: object,
-        data: Any,
-        args: tuple[Any, ...],
-        retry: RetryPolicy | None,
-        step_id: str | None,
-    ) -> StepPlan:
+    def _plan_do(self, action: object, data: Any, args: tuple[Any, ...],
+                 retry: RetryPolicy | None, step_id: str | None) -> StepPlan:
         name, handler = self._resolve(action)
-        if retry is not None and not isinstance(retry, RetryPolicy):
-            raise ConfigurationError(f"retry must be a RetryPolicy, got {retry!r}",
-                                     field="retry")
+        scope = self._scope
         base = None
         if step_id is None:
             active = active_step()
             parent = None if active is None else active.context.step_id
-            base = call_hash(self._workflow_id, parent, name, data, args)
-            counter = self._counter if active is None else active.children
+            base = call_hash(scope.workflow_id, parent, name, data, args)
+            counter = scope.counter if active is None else active.children
             step_id = counter.next_id(base)
         else:
             step_id = _check_step_id(step_id)
-        # Positional arguments: this runs on every durable call, replays included.
-        return StepPlan(step_id, self._workflow_id, name, data, args, retry or self._policy,
-                        "do", handler, self._registry.lookup, base)
+        return StepPlan(step_id=step_id, workflow_id=scope.workflow_id, action=name,
+                        context=data, args=args, policy=_check_retry(retry) or self._policy,
+                        mode="do", view=scope.view, handler=handler,
+                        lookup=self._registry.lookup, context_hash=base)
 
     def _plan_try(self, action: object, data: Any, args: tuple[Any, ...],
                   step_id: str | None) -> StepPlan:
@@ -256,12 +287,13 @@ class RuntimeBase:
             active = active_step()
             parent = None if active is None else active.context.step_id
             try:
-                base = step_id = call_hash(self._workflow_id, parent, name, data, args)
+                base = step_id = call_hash(self._scope.workflow_id, parent, name, data, args)
             except SerializationError:
                 step_id = fresh_id("try")
         else:
             step_id = _check_step_id(step_id)
-        return StepPlan(step_id, self._workflow_id, name, data, args, self._policy, "try",
+        return StepPlan(step_id=step_id, workflow_id=self._scope.workflow_id, action=name,
+                        context=data, args=args, policy=self._policy, mode="try",
                         handler=handler, lookup=self._registry.lookup, context_hash=base)
 
     def _plan_execute(self, step_id: str, pipeline: Pipeline, args: Sequence[Any], mode: str,
@@ -270,16 +302,14 @@ class RuntimeBase:
         if not isinstance(pipeline, Pipeline):
             raise ConfigurationError(f"pipeline must be a Pipeline, got {pipeline!r}",
                                      field="pipeline")
-        if retry is not None and not isinstance(retry, RetryPolicy):
-            raise ConfigurationError(f"retry must be a RetryPolicy, got {retry!r}",
-                                     field="retry")
         handler = None
         if mode == "send":
             # An unknown action is a programming error: raise it now, not in the background.
             handler = self._registry.lookup(pipeline.action)
-        return StepPlan(_check_step_id(step_id), self._workflow_id, pipeline.action,
-                        pipeline.context, tuple(args), retry or self._policy, mode,
-                        handler=handler, lookup=self._registry.lookup,
+        return StepPlan(step_id=_check_step_id(step_id), workflow_id=self._scope.workflow_id,
+                        action=pipeline.action, context=pipeline.context, args=tuple(args),
+                        policy=_check_retry(retry) or self._policy, mode=mode,
+                        view=self._scope.view, handler=handler, lookup=self._registry.lookup,
                         context_hash=pipeline.context_hash, pipeline=pipeline)
 
     def _plan_deliveries(self, event: str, data: Any) -> list[StepPlan]:
@@ -287,13 +317,39 @@ class RuntimeBase:
             raise ConfigurationError(f"an event name must be a str, got {event!r}",
                                      field="event")
         pipeline = Pipeline(tuple(event.split(".")), data)
-        plans = []
-        for handler in self._registry.subscribers(event):
-            plans.append(StepPlan(fresh_id("send"), self._workflow_id, event, data, (),
-                                  self._policy, "send", handler=handler, pipeline=pipeline))
-        return plans
+        return [StepPlan(step_id=fresh_id("send"), workflow_id=self._scope.workflow_id,
+                         action=event, context=data, args=(), policy=self._policy,
+                         mode="send", handler=handler, pipeline=pipeline)
+                for handler in self._registry.subscribers(event)]
 
-    # ------------------------------------------------------------ shared entry points
+    # ------------------------------------------------------------ running plans
+
+    def _durable(self, plan: StepPlan) -> Any:
+        """Run a ``do`` plan: its result, or (async) an awaitable of it."""
+        return self._drive(durable_step(plan, self._codec, self._hooks, self._clock.now))
+
+    def _once(self, plan: StepPlan) -> Any:
+        """Run a ``try`` or ``send`` plan: one attempt, nothing recorded."""
+        return self._drive(single_attempt(plan, self._hooks))
+
+    def _execute(self, plan: StepPlan) -> Any:
+        """Run a plan of ``execute_step`` in its mode (``send``: in the background)."""
+        if plan.mode == "do":
+            return self._durable(plan)
+        if plan.mode == "try":
+            return self._once(plan)
+        self._dispatch(plan)
+        return self._finished(None)
+
+    def _proxy_call(self, path: tuple[str, ...], context: Any, args: tuple[Any, ...],
+                    mode: str) -> Any:
+        name = ".".join(path)
+        if mode == "do":
+            return self._durable(self._plan_do(name, context, args, None, None))
+        if mode == "try":
+            return self._once(self._plan_try(name, context, args, None))
+        return self._execute(self._plan_execute(fresh_id("send"), Pipeline(path, context),
+                                                args, "send", None))
 
     def send(self, event: str, data: Any = None) -> None:
         """Deliver ``data`` to every subscriber of ``event`` in the background.
@@ -308,73 +364,3 @@ class RuntimeBase:
                 self._dispatch(plan)
         except Exception:
             logger().exception("durably: send(%r) could not be delivered", event)
-
-    def _proxy_call(self, path: tuple[str, ...], context: Any, args: tuple[Any, ...],
-                    mode: str) -> Any:
-        """Run a proxy call; the flavour's own methods make it blocking or awaitable."""
-        name = ".".join(path)
-        if mode == "do":
-            return self._run_durable(self._plan_do(name, context, args, None, None))
-        if mode == "try":
-            return self._run_once(self._plan_try(name, context, args, None))
-        return self.execute_step(fresh_id("send"), Pipeline(path, context), args, "send")
-
-    # What each flavour provides: blocking calls in one, coroutines in the other.
-
-    def _run_durable(self, plan: StepPlan) -> Any:
-        raise NotImplementedError
-
-    def _run_once(self, plan: StepPlan) -> Any:
-        raise NotImplementedError
-
-    def _dispatch(self, plan: StepPlan) -> None:
-        raise NotImplementedError
-
-    def execute_step(self, step_id: str, pipeline: Pipeline, args: Sequence[Any] = (),
-                     mode: str = "do", *, retry: RetryPolicy | None = None) -> Any:
-        """Run ``pipeline``'s action under ``step_id`` in ``mode`` (see each flavour)."""
-        raise NotImplementedError
-
-
-class Proxy:
-    """The ``$``-style call builder returned by ``runtime.proxy(mode)``.
-
-    ``proxy.Domain(context).method(*args)`` runs the action ``"Domain.method"`` as
-    ``handler(context, *args)``; the step id is hashed from the workflow id, path, context and
-    arguments.
-    """
-
-    __slots__ = ("_mode", "_runtime")
-
-    def __init__(self, runtime: RuntimeBase, mode: str) -> None:
-        self._runtime = runtime
-        self._mode = mode
-
-    def __getattr__(self, domain: str) -> Callable[..., _BoundDomain]:
-        if domain.startswith("__"):
-            raise AttributeError(domain)
-
-        def bind(context: Any = None) -> _BoundDomain:
-            return _BoundDomain(self._runtime, self._mode, domain, context)
-
-        return bind
-
-
-class _BoundDomain:
-    __slots__ = ("_context", "_domain", "_mode", "_runtime")
-
-    def __init__(self, runtime: RuntimeBase, mode: str, domain: str, context: Any) -> None:
-        self._runtime = runtime
-        self._mode = mode
-        self._domain = domain
-        self._context = context
-
-    def __getattr__(self, method: str) -> Callable[..., Any]:
-        if method.startswith("__"):
-            raise AttributeError(method)
-
-        def call(*args: Any) -> Any:
-            return self._runtime._proxy_call((self._domain, method), self._context, args,
-                                             self._mode)
-
-        return call

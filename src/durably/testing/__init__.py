@@ -11,11 +11,11 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from ._aio import AsyncDurableWorkflowRuntime
+from .._aio import AsyncDurableWorkflowRuntime
+from .._retry import RetryPolicy
+from .._runtime import DurableWorkflowRuntime
+from .._storage import InMemoryStepStorage
 from ._contract import StorageContract
-from ._retry import RetryPolicy
-from ._runtime import DurableWorkflowRuntime
-from ._storage import InMemoryStepStorage
 
 __all__ = ["FakeClock", "StorageContract", "create_async_test_runtime", "create_test_runtime"]
 

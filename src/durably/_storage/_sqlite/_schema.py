@@ -1,0 +1,101 @@
+"""The SQLite schema: ordered migrations keyed by ``PRAGMA user_version``, and the SQL text.
+
+Applying ``MIGRATIONS[i]`` moves a database from version ``i`` to ``i + 1``. Statements are
+formatted with the (validated) table names. Never edit an entry that has shipped; append one.
+
+Version 1 (wave 1) kept steps in a rowid table keyed by ``step_id``. Version 2 rebuilds it with
+an explicit ``seq INTEGER PRIMARY KEY``: the order in which records were first written, which
+``list()`` returns and which ``VACUUM`` can never renumber (it may renumber implicit rowids).
+The rebuild copies version-1 rows in their rowid order, which is their first-write order.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "MIGRATIONS", "SCHEMA_VERSION", "STEP_COLUMNS", "STEP_SHAPE", "TableNames",
+    "check_identifier",
+]
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+# The columns of a step row, in the order rows are read and written.
+STEP_COLUMNS = (
+    "step_id", "workflow_id", "action", "status", "result", "error", "attempts", "created_at",
+    "started_at", "updated_at", "completed_at", "next_attempt_at", "budget_started_at",
+)
+# How a durably step table is recognised in a file, under any table name.
+STEP_SHAPE = frozenset(STEP_COLUMNS)
+
+_STEPS_V2 = """CREATE TABLE {steps} (
+    seq INTEGER PRIMARY KEY,
+    step_id TEXT NOT NULL UNIQUE,
+    workflow_id TEXT NOT NULL,
+    action TEXT NOT NULL,
+    status TEXT NOT NULL,
+    result TEXT,
+    error TEXT,
+    attempts INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    updated_at REAL NOT NULL,
+    completed_at REAL,
+    next_attempt_at REAL,
+    budget_started_at REAL
+)"""
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (  # 0 -> 1: wave 1
+        """CREATE TABLE IF NOT EXISTS {steps} (
+            step_id TEXT PRIMARY KEY NOT NULL,
+            workflow_id TEXT NOT NULL,
+            action TEXT NOT NULL,
+            status TEXT NOT NULL,
+            result TEXT,
+            error TEXT,
+            attempts INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            started_at REAL,
+            updated_at REAL NOT NULL,
+            completed_at REAL,
+            next_attempt_at REAL,
+            budget_started_at REAL
+        )""",
+        "CREATE INDEX IF NOT EXISTS {steps}_by_workflow"
+        " ON {steps} (workflow_id, created_at, step_id)",
+    ),
+    (  # 1 -> 2: first-write order (seq)
+        "ALTER TABLE {steps} RENAME TO {steps}_v1",
+        "DROP INDEX IF EXISTS {steps}_by_workflow",
+        _STEPS_V2,
+        "INSERT INTO {steps} (seq, " + ", ".join(STEP_COLUMNS) + ") SELECT rowid, "
+        + ", ".join(STEP_COLUMNS) + " FROM {steps}_v1 ORDER BY rowid",
+        "DROP TABLE {steps}_v1",
+        # A workflow's history, in call order: list(workflow_id=...) reads this index.
+        "CREATE INDEX {steps}_by_workflow ON {steps} (workflow_id, seq)",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def check_identifier(name: object) -> bool:
+    """Whether ``name`` is a plain SQL identifier (the only text ever put into SQL)."""
+    return isinstance(name, str) and _IDENTIFIER.fullmatch(name) is not None
+
+
+class TableNames:
+    """The names of a store's tables, derived from the steps table's name.
+
+    Attributes:
+        steps: the steps table (``table=`` of the storage).
+    """
+
+    __slots__ = ("steps",)
+
+    def __init__(self, steps: str) -> None:
+        self.steps = steps
+
+    def format(self, statement: str) -> str:
+        """Return ``statement`` with its ``{steps}``-style placeholders filled in."""
+        return statement.format(steps=self.steps)
