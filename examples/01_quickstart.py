@@ -44,7 +44,8 @@ def run_workflow(db: Path, label: str) -> dict[str, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db", type=Path, help="database file to keep between runs")
     options = parser.parse_args()
     if options.db is not None:

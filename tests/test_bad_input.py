@@ -84,8 +84,8 @@ def test_unencodable_arguments_are_refused_before_anything_runs(setup: Setup,
     with pytest.raises(SerializationError) as caught:
         setup.runtime.do("Bad.step", make())
     assert caught.value.type_name == type_name
-    assert caught.value.path == "context" + path
-    assert f"context{path}" in str(caught.value)
+    assert caught.value.path == "data" + path
+    assert f"data{path}" in str(caught.value) and "Bad.step" in str(caught.value)
     setup.assert_unchanged()
 
 
@@ -161,7 +161,8 @@ def test_unknown_action(setup: Setup) -> None:
         ({"backoff": 0.5}, "RetryPolicy.backoff must be a finite number >= 1, got 0.5"),
         ({"jitter": 2}, "RetryPolicy.jitter must be a number from 0 to 1, got 2"),
         ({"timeout": -1}, "RetryPolicy.timeout must be None or a finite number > 0, got -1"),
-        ({"non_retryable": ("KeyError",)}, "RetryPolicy.non_retryable must be a tuple of"),
+        ({"non_retryable": ("KeyError",)},
+         "RetryPolicy.non_retryable must be an exception class or a tuple"),
     ],
 )
 def test_invalid_policy(setup: Setup, fields: dict[str, Any], message: str) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -24,7 +26,10 @@ def test_python_blocks_run(path: Path, tmp_path: Path, monkeypatch: pytest.Monke
     """The blocks of one file run in order, in one namespace, in an empty directory."""
     blocks = BLOCK.findall(path.read_text())
     monkeypatch.chdir(tmp_path)
-    namespace: dict[str, object] = {"__name__": f"docs_{path.stem}"}
+    # A real module, so that classes defined in a block (dataclasses) find their module.
+    module = types.ModuleType(f"docs_{path.stem}")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    namespace = module.__dict__
     for number, block in enumerate(blocks, 1):
         code = compile(block, f"{path.name} block {number}", "exec")
         exec(code, namespace)

@@ -13,8 +13,8 @@ import threading
 import pytest
 
 from durably import SerializationError, StepContext
-from durably._codec import canonical_json
-from durably._ids import CallCounter, call_hash
+from durably._ids import CallCounter, call_hash, numbered
+from durably._tags import canonical_json
 
 
 def test_golden_ids_are_pinned() -> None:
@@ -83,19 +83,35 @@ def test_lone_surrogates_hash() -> None:
 def test_numbering_counts_identical_calls() -> None:
     """The first call keeps the bare hash; later identical calls get #1, #2..."""
     counter = CallCounter()
-    assert [counter.next_id("h"), counter.next_id("h"), counter.next_id("g"),
-            counter.next_id("h")] == ["h", "h#1", "g", "h#2"]
+    taken = [counter.take("h"), counter.take("h"), counter.take("g"), counter.take("h")]
+    assert taken == [0, 1, 0, 2]
+    assert [numbered("h", n) for n in (0, 1, 2)] == ["h", "h#1", "h#2"]
+
+
+def test_a_number_given_back_is_taken_again() -> None:
+    """A failed call's number comes back only while it is the latest one, so several
+    failures in a row each give theirs back, and a concurrent later call keeps its own."""
+    counter = CallCounter()
+    first, second = counter.take("h"), counter.take("h")
+    counter.give_back("h", second)
+    counter.give_back("h", first)
+    assert counter.take("h") == 0
+    a, b = counter.take("h"), counter.take("h")  # 1 and 2, taken at once
+    counter.give_back("h", a)                    # not the latest: kept by nobody, not reused
+    assert counter.take("h") == 3
+    counter.give_back("h", 3)
+    assert counter.take("h") == 3 and b == 2
 
 
 def test_numbering_is_thread_safe() -> None:
     """Threads never receive the same number for one hash."""
     counter = CallCounter()
-    got: list[str] = []
+    got: list[int] = []
     lock = threading.Lock()
 
     def take() -> None:
         for _ in range(500):
-            value = counter.next_id("h")
+            value = counter.take("h")
             with lock:
                 got.append(value)
 
@@ -104,7 +120,7 @@ def test_numbering_is_thread_safe() -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    assert len(set(got)) == 2000
+    assert sorted(got) == list(range(2000))
 
 
 def _reference_hash(workflow_id: str, parent: str | None, action: str, context: object,

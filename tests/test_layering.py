@@ -12,7 +12,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "durably"
 LAYERS: dict[str, int] = {
     "_errors": 0,
     "_records": 1,
-    "_codec": 2, "_retry": 2, "_clock": 2,
+    "_tags": 2, "_retry": 2, "_clock": 2,
+    "_codec": 3,
     "_ids": 3, "_registry": 3,
     "_view": 4,
     "_context": 5,
@@ -21,7 +22,7 @@ LAYERS: dict[str, int] = {
     "_storage._sqlite._schema": 7, "_storage._sqlite._rows": 7,
     "_storage._sqlite._connection": 8, "_storage._sqlite._store": 9,
     "_core": 10,
-    "_proxy": 11,
+    "_proxy": 11, "_step": 11,
     "_runtime_base": 12,
     "_runtime": 13, "_aio": 13,
     "testing": 14, "testing._contract": 14,
@@ -85,7 +86,7 @@ def test_no_module_imports_upwards() -> None:
 
 def test_import_parsing_sees_relative_imports() -> None:
     """The checker really reads imports (guards the test above against passing vacuously)."""
-    assert "_codec" in _imports(PACKAGE / "_ids.py", "_ids")
+    assert "_tags" in _imports(PACKAGE / "_ids.py", "_ids")
     assert "_records" in _imports(PACKAGE / "_storage" / "_sqlite" / "_rows.py",
                                   "_storage._sqlite._rows")
     assert "_storage" in _imports(PACKAGE / "__init__.py", "__init__")

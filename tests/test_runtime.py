@@ -361,7 +361,7 @@ def test_unhashable_data_is_refused_before_anything_runs(flavour: Flavour) -> No
     runtime.register("A.b", handler)
     with pytest.raises(SerializationError) as caught:
         flavour.run(runtime.do("A.b", {"items": [1, object()]}))
-    assert caught.value.path == 'context["items"][1]'
+    assert caught.value.path == 'data["items"][1]'
     with pytest.raises(SerializationError, match="NaN"):
         flavour.run(runtime.do("A.b", float("nan")))
     assert handler.calls == [] and runtime.storage.list() == []
@@ -381,17 +381,17 @@ def test_unencodable_result_fails_the_step_without_retry(flavour: Flavour) -> No
     assert record.error.type == "SerializationError"
 
 
+def double(x: int) -> int:
+    """A module-level function: an action with a stable name."""
+    return x * 2
+
+
 def test_a_plain_callable_is_an_action_named_by_module_and_qualname(flavour: Flavour) -> None:
     """do(fn, data) needs no registration; the step's action is module:qualname."""
     runtime = flavour.make()
-
-    def double(x: int) -> int:
-        return x * 2
-
     assert flavour.run(runtime.do(double, 4)) == 8
     (record,) = runtime.storage.list()
-    assert record.action == f"{__name__}:test_a_plain_callable_is_an_action_named_by_module" \
-        "_and_qualname.<locals>.double"
+    assert record.action == f"{__name__}:double"
 
 
 def test_proxy_calls_name_the_same_step_as_do(flavour: Flavour) -> None:

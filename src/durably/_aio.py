@@ -21,7 +21,7 @@ import inspect
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
-from typing import Any
+from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 from ._clock import AsyncSystemClock, Clock
 from ._context import enter_step, leave_step
@@ -41,9 +41,26 @@ from ._records import Pipeline, StepRecord
 from ._registry import is_async_callable
 from ._retry import RetryPolicy
 from ._runtime_base import RuntimeBase
+from ._step import AsyncStepFunction
 from ._storage import is_blocking
 
 __all__ = ["AsyncDurableWorkflowRuntime"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+class _AsyncStepDecorator(Protocol):
+    """What ``AsyncDurableWorkflowRuntime.step(name)`` returns: it takes an async function
+    (whose awaited value the step returns) or a plain one."""
+
+    @overload
+    def __call__(self, fn: Callable[P, Awaitable[R]]
+                 ) -> AsyncStepFunction[P, R]: ...
+
+    @overload
+    def __call__(self, fn: Callable[P, R]) -> AsyncStepFunction[P, R]: ...
 
 
 async def _call_async(command: RunAttempt) -> Any:
@@ -119,6 +136,18 @@ class AsyncDurableWorkflowRuntime(RuntimeBase):
 
     # ------------------------------------------------------------ the three levels
 
+    @overload
+    def try_(self, action: Callable[[T], Awaitable[R]], data: T, *,
+             step_id: str | None = None) -> Coroutine[Any, Any, R]: ...
+
+    @overload
+    def try_(self, action: Callable[[T], R], data: T, *,
+             step_id: str | None = None) -> Coroutine[Any, Any, R]: ...
+
+    @overload
+    def try_(self, action: str, data: Any = None, *,
+             step_id: str | None = None) -> Coroutine[Any, Any, Any]: ...
+
     def try_(self, action: Any, data: Any = None, *,
              step_id: str | None = None) -> Coroutine[Any, Any, Any]:
         """Run ``action(data)`` once, store nothing; await it for the handler's value.
@@ -126,6 +155,19 @@ class AsyncDurableWorkflowRuntime(RuntimeBase):
         Raises (when awaited): ``HandlerNotFoundError``, or the handler's own exception.
         """
         return self._once(self._plan_try(action, data, (), step_id))  # type: ignore[no-any-return]
+
+    @overload
+    def do(self, action: Callable[[T], Awaitable[R]], data: T, *,
+           retry: RetryPolicy | None = None,
+           step_id: str | None = None) -> Coroutine[Any, Any, R]: ...
+
+    @overload
+    def do(self, action: Callable[[T], R], data: T, *, retry: RetryPolicy | None = None,
+           step_id: str | None = None) -> Coroutine[Any, Any, R]: ...
+
+    @overload
+    def do(self, action: str, data: Any = None, *, retry: RetryPolicy | None = None,
+           step_id: str | None = None) -> Coroutine[Any, Any, Any]: ...
 
     def do(
         self,
@@ -144,6 +186,24 @@ class AsyncDurableWorkflowRuntime(RuntimeBase):
         """
         return self._durable(  # type: ignore[no-any-return]
             self._plan_do(action, data, (), retry, step_id))
+
+    @overload
+    def step(self, name: Callable[P, Awaitable[R]], *,
+             retry: RetryPolicy | None = None) -> AsyncStepFunction[P, R]: ...
+
+    @overload
+    def step(self, name: Callable[P, R], *,
+             retry: RetryPolicy | None = None) -> AsyncStepFunction[P, R]: ...
+
+    @overload
+    def step(self, name: str | None = None, *,
+             retry: RetryPolicy | None = None) -> _AsyncStepDecorator: ...
+
+    def step(self, name: Any = None, *, retry: RetryPolicy | None = None) -> Any:
+        """Decorator: like :meth:`DurableWorkflowRuntime.step`, but calling the result returns
+        an awaitable. ``async def`` functions are awaited on the loop; plain ones run in a
+        worker thread."""
+        return self._step_decorator(name, retry, AsyncStepFunction)
 
     async def execute_step(
         self,

@@ -27,6 +27,7 @@ from ._errors import (
     StepInterruptedError,
     WorkflowStepError,
 )
+from ._ids import CallCounter
 from ._records import (
     ErrorInfo,
     Pipeline,
@@ -249,17 +250,23 @@ class StepPlan:
         lookup: finds the handler by name, when ``handler`` is None (only if the step runs).
         context_hash: the call's hash, for the :class:`Pipeline`.
         pipeline: the call, when the caller built it.
+        counter: the counter that numbered this call (``None`` for an explicit id).
+        number: the number it gave (the ``#n`` of the id).
     """
 
     __slots__ = ("_handler", "_lookup", "_pipeline", "action", "args", "context",
-                 "context_hash", "mode", "policy", "step_id", "view", "workflow_id")
+                 "context_hash", "counter", "mode", "number", "policy", "step_id", "view",
+                 "workflow_id")
 
     def __init__(
         self, *, step_id: str, workflow_id: str, action: str, context: Any,
         args: tuple[Any, ...], policy: RetryPolicy, mode: str, view: WorkflowView | None = None,
         handler: Handler | None = None, lookup: Callable[[str], Handler] | None = None,
         context_hash: str | None = None, pipeline: Pipeline | None = None,
+        counter: CallCounter | None = None, number: int = 0,
     ) -> None:
+        self.counter = counter
+        self.number = number
         self.step_id = step_id
         self.workflow_id = workflow_id
         self.action = action
@@ -272,6 +279,11 @@ class StepPlan:
         self._lookup = lookup
         self.context_hash = context_hash
         self._pipeline = pipeline
+
+    def give_back(self) -> None:
+        """Return this call's number to its counter (the call raised; see durable_step)."""
+        if self.counter is not None and self.context_hash is not None:
+            self.counter.give_back(self.context_hash, self.number)
 
     def resolve(self) -> Handler:
         """Return the handler (given, or looked up by action name); called only if the step
@@ -345,20 +357,50 @@ def durable_step(
     2. Before each attempt a RUNNING marker; after it COMPLETED, RETRYING (with the wait) or
        FAILED. Any write may hand back a COMPLETED record someone else wrote: its result is
        returned.
+    3. A call that raises (whatever it raises, including a driver's error or cancellation that
+       closes the machine) gives its call number back, so that the next identical call
+       continues this step instead of opening the next one: a program that catches the error
+       and calls again must not run the step under a new id that a re-run would not reach.
 
     Raises ``WorkflowStepError`` when the step gives up, ``SerializationError`` for an
-    unencodable result, ``HandlerNotFoundError`` for an unknown action, and lets storage
-    errors through.
+    unencodable result, ``HandlerNotFoundError`` for an unknown action, ``TypeError`` when the
+    arguments do not fit the handler, and lets storage errors through.
     """
-    view = plan.view
-    assert view is not None, "a durable plan has a view"
-    if not view.loaded:
-        yield ReadHistory(view)
-    step_id = plan.step_id
-    stored = view.take(step_id)
-    if stored is not None and stored.status is COMPLETED:
-        return decode_stored(codec, stored)
+    try:
+        view = plan.view
+        assert view is not None, "a durable plan has a view"
+        if not view.loaded:
+            yield ReadHistory(view)
+        stored = view.take(plan.step_id)
+        if stored is not None and stored.status is COMPLETED:
+            return decode_stored(codec, stored)
+        return (yield from _run_budget(plan, view, stored, codec, hooks, now))
+    except BaseException:
+        plan.give_back()
+        raise
+
+
+def _does_not_fit(handler: Handler, context: Any, args: tuple[Any, ...]) -> bool:
+    """Whether ``handler(context, *args)`` cannot even bind its arguments: then a TypeError
+    came from the call itself, not from inside the handler."""
+    try:
+        signature = inspect.signature(handler)
+    except (TypeError, ValueError):  # no signature to ask (some builtins): assume it fits
+        return False
+    try:
+        signature.bind(context, *args)
+    except TypeError:
+        return True
+    return False
+
+
+def _run_budget(
+    plan: StepPlan, view: WorkflowView, stored: StepRecord | None, codec: Codec, hooks: Hooks,
+    now: Callable[[], float],
+) -> StepMachine:
+    """The attempts of a step that must run, from the budget its record says."""
     handler = plan.resolve()
+    step_id = plan.step_id
     workflow_id, action, policy = plan.workflow_id, plan.action, plan.policy
 
     def record(status: StepStatus, t: float, **fields: Any) -> StepRecord:
@@ -391,7 +433,7 @@ def durable_step(
                 return decode_stored(codec, written)
             raise WorkflowStepError(
                 step_id, attempts=attempts, cause=interrupted, action=action,
-                reason="was interrupted during its last attempt",
+                workflow_id=workflow_id, reason="its last attempt was interrupted",
             ) from interrupted
         if stored.status is RETRYING and stored.next_attempt_at is not None:
             remaining = stored.next_attempt_at - t
@@ -425,9 +467,13 @@ def durable_step(
             try:
                 encoded, same_value = encode_result(codec, outcome.value)
             except SerializationError as problem:
-                named = SerializationError(
-                    problem.reason, type_name=problem.type_name,
+                named = problem.named(
                     path=problem.path.replace("value", "result", 1), step_id=step_id,
+                    action=action,
+                    reason=f"the handler of {action} ran, but its result cannot be stored:"
+                           f" {problem.reason}",
+                    hint="Register the type with JsonCodec(types=[...]), return a plain value"
+                         " (e.g. dataclasses.asdict(...)), or use another codec",
                 )
                 hooks.failed(plan, attempts, named)
                 written = written_back((yield Write(record(
@@ -451,6 +497,13 @@ def durable_step(
 
         hooks.failed(plan, attempts, error)
         t = now()
+        if type(error) is TypeError and _does_not_fit(handler, plan.context, plan.args):
+            # A programming error, not a failure: another attempt cannot fix it.
+            written = written_back((yield Write(record(
+                FAILED, t, error=ErrorInfo.from_exception(error)))))
+            if written.status is COMPLETED:
+                return decode_stored(codec, written)
+            raise error
         decision = decide_retry(
             policy, attempts=attempts, error=error, now=t,
             budget_started_at=budget_started_at, workflow_id=workflow_id, step_id=step_id,
@@ -461,7 +514,7 @@ def durable_step(
             if written.status is COMPLETED:
                 return decode_stored(codec, written)
             raise WorkflowStepError(step_id, attempts=attempts, cause=error, action=action,
-                                    reason=decision.reason) from error
+                                    workflow_id=workflow_id, reason=decision.reason) from error
         error_info = ErrorInfo.from_exception(error, with_traceback=False)
         if decision.delay > 0:
             # The wait is part of the schedule: record it, so that a crash during it resumes

@@ -88,9 +88,11 @@ class SerializationError(DurableError, TypeError):
 
     Attributes:
         type_name: the qualified name of the offending value's type.
-        path: where the value sits inside what was encoded, e.g. ``args[0]["items"][2]``.
+        path: where the value sits inside what was encoded, e.g. ``data["items"][2]``.
         step_id: the step the value belongs to, when known.
+        action: the action of that step, when known.
         reason: what was wrong, in words.
+        hint: how to fix it, when there is something to say.
     """
 
     def __init__(
@@ -100,20 +102,39 @@ class SerializationError(DurableError, TypeError):
         type_name: str = "",
         path: str = "",
         step_id: str | None = None,
+        action: str | None = None,
+        hint: str = "",
     ) -> None:
         self.reason = reason
         self.type_name = type_name
         self.path = path
         self.step_id = step_id
+        self.action = action
+        self.hint = hint
         super().__init__(self._describe())
 
     def _describe(self) -> str:
         text = self.reason
         if self.path:
             text += f" at {self.path}"
-        if self.step_id:
-            text += f" (step {self.step_id})"
+        where = [f"action {self.action}" if self.action else "",
+                 f"step {self.step_id}" if self.step_id else ""]
+        if any(where):
+            text += f" ({', '.join(part for part in where if part)})"
+        if self.hint:
+            text += f". {self.hint}"
         return text
+
+    def named(self, *, path: str | None = None, step_id: str | None = None,
+              action: str | None = None, reason: str | None = None,
+              hint: str | None = None) -> SerializationError:
+        """Return a copy that says more about where the value was (a new error, same type)."""
+        return SerializationError(
+            self.reason if reason is None else reason, type_name=self.type_name,
+            path=self.path if path is None else path,
+            step_id=self.step_id if step_id is None else step_id,
+            action=self.action if action is None else action,
+            hint=self.hint if hint is None else hint)
 
 
 class StorageError(DurableError):
@@ -132,6 +153,17 @@ class StorageError(DurableError):
         self.step_id = step_id
 
 
+def describe(error: BaseException) -> str:
+    """``"Type: message"`` for an exception, ``"Type"`` when it has no message, and never an
+    exception of its own (a broken ``__str__`` is reported, not raised)."""
+    kind = type(error).__name__
+    try:
+        text = str(error)
+    except Exception as broken:
+        text = f"<str() raised {type(broken).__name__}>"
+    return f"{kind}: {text}" if text else kind
+
+
 class WorkflowStepError(DurableError):
     """A durable step gave up: its attempts are used up or its error is not retryable.
 
@@ -140,8 +172,10 @@ class WorkflowStepError(DurableError):
     Attributes:
         step_id: the step that failed.
         action: the action the step ran.
+        workflow_id: the workflow (or run) the step belongs to.
         attempts: how many attempts the budget used, interrupted ones included.
         cause: the last exception (also available as ``__cause__``).
+        reason: why no further attempt was made, in words.
     """
 
     def __init__(
@@ -152,15 +186,22 @@ class WorkflowStepError(DurableError):
         cause: BaseException | None,
         action: str = "",
         reason: str = "",
+        workflow_id: str = "",
     ) -> None:
         what = f"step {step_id}" + (f" ({action})" if action else "")
-        why = reason or f"failed after {attempts} attempt{'s' if attempts != 1 else ''}"
-        last = f": {type(cause).__name__}: {cause}" if cause is not None else ""
+        if workflow_id:
+            what += f" of workflow {workflow_id}"
+        why = f"failed after {attempts} attempt{'s' if attempts != 1 else ''}"
+        if reason:
+            why += f" ({reason})"
+        last = f": {describe(cause)}" if cause is not None else ""
         super().__init__(f"{what} {why}{last}")
         self.step_id = step_id
         self.action = action
+        self.workflow_id = workflow_id
         self.attempts = attempts
         self.cause = cause
+        self.reason = reason
 
 
 class NonRetryableError(DurableError):

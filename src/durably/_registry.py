@@ -7,8 +7,11 @@ workflows).
 
 from __future__ import annotations
 
+import functools
 import inspect
+import os
 import re
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,7 +21,7 @@ from ._errors import ConfigurationError, HandlerNotFoundError
 
 __all__ = [
     "Domain", "Handler", "Registry", "callable_name", "compile_pattern", "is_async_callable",
-    "validate_action_name",
+    "stable_name", "validate_action_name",
 ]
 
 Handler = Callable[..., Any]
@@ -43,8 +46,56 @@ class Domain:
     methods: Mapping[str, Handler] = field(default_factory=dict)
 
 
+def _main_module_name() -> str | None:
+    """The real name of the module run as ``__main__``: its spec's name (``python -m app``),
+    else its file's stem (``python app.py``); ``None`` for ``python -c`` or a REPL."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and getattr(spec, "name", None):
+        return str(spec.name)
+    file = getattr(main, "__file__", None)
+    if isinstance(file, str) and file:
+        return os.path.splitext(os.path.basename(file))[0]
+    return None
+
+
+def stable_name(fn: object) -> str | None:
+    """Return ``module:qualname`` for a callable whose name survives a restart, else ``None``.
+
+    A module run as a script is named by its real module name, so ``python app.py`` and
+    ``import app`` agree. A bound method or a callable instance is named by its class's
+    function (``module:Class.method``, ``module:Class.__call__``): two instances are the same
+    action. Lambdas, functions defined inside other functions, ``functools.partial`` objects
+    and functions of a ``__main__`` without a spec or a file have no stable name.
+    """
+    if isinstance(fn, functools.partial):
+        return None
+    target: Any = fn
+    if inspect.ismethod(target):
+        target = target.__func__
+    elif not (inspect.isfunction(target) or inspect.isbuiltin(target)
+              or isinstance(target, type)):
+        target = getattr(type(target), "__call__", None)  # noqa: B004 - the method itself
+    module = getattr(target, "__module__", None)
+    qualname = getattr(target, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str):
+        return None
+    if "<lambda>" in qualname or "<locals>" in qualname:
+        return None
+    if module == "__main__":
+        main_name = _main_module_name()
+        if main_name is None:
+            return None
+        module = main_name
+    return f"{module}:{qualname}"
+
+
 def callable_name(fn: Handler) -> str:
-    """Return the action name of a plain callable: ``module:qualname``."""
+    """Return a callable's name for messages and unstored calls: its stable name, or its
+    best-effort ``module:qualname`` when it has none."""
+    name = stable_name(fn)
+    if name is not None:
+        return name
     module = getattr(fn, "__module__", None) or type(fn).__module__
     qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
     return f"{module}:{qualname}"

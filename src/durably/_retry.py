@@ -15,8 +15,11 @@ schedule in every process.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+import inspect
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,9 +30,17 @@ from ._errors import (
     NonRetryableError,
     RetryAfterError,
     SerializationError,
+    describe,
 )
 
-__all__ = ["RetryDecision", "RetryPolicy", "backoff_delay", "decide_retry", "jitter_fraction"]
+__all__ = [
+    "MAX_SECONDS", "RetryDecision", "RetryPolicy", "backoff_delay", "decide_retry",
+    "jitter_fraction",
+]
+
+MAX_SECONDS = float(threading.TIMEOUT_MAX)
+"""The longest delay or timeout a policy may ask for: what ``time.sleep`` and a thread's
+``join`` accept on this platform (about 292 years on 64-bit Linux)."""
 
 # Programming errors: another attempt cannot fix them. (ConfigurationError reaches here when a
 # sync handler returns a coroutine by mistake.)
@@ -47,21 +58,47 @@ def _require(ok: bool, field: str, rule: str, value: object) -> None:
         raise ConfigurationError(f"RetryPolicy.{field} {rule}, got {value!r}", field=field)
 
 
+def _exception_types(policy: RetryPolicy, name: str, allow_none: bool) -> None:
+    """Normalise ``non_retryable`` / ``retry_on``: one class, or a tuple, list or set of them."""
+    value = getattr(policy, name)
+    if value is None and allow_none:
+        return
+    if isinstance(value, type):
+        value = (value,)
+    elif isinstance(value, (list, set, frozenset)):
+        value = tuple(value)
+    _require(isinstance(value, tuple) and all(
+        isinstance(kind, type) and issubclass(kind, BaseException) for kind in value),
+        name, "must be an exception class or a tuple of them", getattr(policy, name))
+    object.__setattr__(policy, name, value)
+
+
+def _seconds(policy: RetryPolicy, name: str) -> None:
+    """Accept a ``timedelta`` for a duration: store it as float seconds."""
+    value = getattr(policy, name)
+    if isinstance(value, dt.timedelta):
+        object.__setattr__(policy, name, value.total_seconds())
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """How often and how patiently a durable step is retried.
 
     Args:
         max_attempts: total attempts, the first included; at least 1.
-        initial_delay: seconds before the first retry; at least 0.
+        initial_delay: seconds (or a ``timedelta``) before the first retry; at least 0.
         backoff: multiplier per retry; at least 1 (1 gives a constant delay).
         max_delay: cap on one delay, jitter included; at least 0.
         jitter: fraction (0 to 1) of each delay that is randomised downwards.
         timeout: per-attempt limit in seconds (real time), or ``None``.
         max_elapsed: no retry is scheduled that would start later than this many seconds
             after the first attempt of the budget; ``None`` for no limit.
-        non_retryable: exception types that fail the step at once.
-        retry_if: called with the error; returning False fails the step at once.
+        non_retryable: exception types (or one type) that fail the step at once.
+        retry_if: a plain function of the error; returning False fails the step at once.
+        retry_on: when set, only errors of these types (or this type) are retried.
+
+    Every duration accepts a ``datetime.timedelta`` and is stored as float seconds, and may
+    be at most :data:`MAX_SECONDS` (what the platform can wait for).
 
     Raises:
         ConfigurationError: a field is out of range; the message names the field and the rule.
@@ -76,29 +113,39 @@ class RetryPolicy:
     max_elapsed: float | None = None
     non_retryable: tuple[type[BaseException], ...] = ()
     retry_if: Callable[[BaseException], bool] | None = None
+    retry_on: tuple[type[BaseException], ...] | None = None
 
     def __post_init__(self) -> None:
         _require(isinstance(self.max_attempts, int) and not isinstance(self.max_attempts, bool)
                  and self.max_attempts >= 1, "max_attempts", "must be an int >= 1",
                  self.max_attempts)
+        for name in ("initial_delay", "max_delay", "timeout", "max_elapsed"):
+            _seconds(self, name)
         for name, low in (("initial_delay", 0.0), ("backoff", 1.0), ("max_delay", 0.0)):
             value = getattr(self, name)
             _require(_is_number(value) and math.isfinite(value) and value >= low, name,
                      f"must be a finite number >= {low:g}", value)
+        for name in ("initial_delay", "max_delay"):
+            _require(getattr(self, name) <= MAX_SECONDS, name,
+                     f"must be at most {MAX_SECONDS:g} s (the longest wait the platform"
+                     " supports)", getattr(self, name))
         _require(_is_number(self.jitter) and 0 <= self.jitter <= 1, "jitter",
                  "must be a number from 0 to 1", self.jitter)
         for name in ("timeout", "max_elapsed"):
             value = getattr(self, name)
             _require(value is None or (_is_number(value) and math.isfinite(value) and value > 0),
                      name, "must be None or a finite number > 0", value)
-        if isinstance(self.non_retryable, (list, set, frozenset)):
-            object.__setattr__(self, "non_retryable", tuple(self.non_retryable))
-        _require(isinstance(self.non_retryable, tuple) and all(
-            isinstance(kind, type) and issubclass(kind, BaseException)
-            for kind in self.non_retryable), "non_retryable",
-            "must be a tuple of exception classes", self.non_retryable)
+        _require(self.timeout is None or self.timeout <= MAX_SECONDS, "timeout",
+                 f"must be at most {MAX_SECONDS:g} s (the longest wait the platform supports)",
+                 self.timeout)
+        _exception_types(self, "non_retryable", allow_none=False)
+        _exception_types(self, "retry_on", allow_none=True)
         _require(self.retry_if is None or callable(self.retry_if), "retry_if",
                  "must be None or a callable taking the error", self.retry_if)
+        _require(not (inspect.iscoroutinefunction(self.retry_if) or inspect.iscoroutinefunction(
+            getattr(self.retry_if, "__call__", None))), "retry_if",  # noqa: B004 - the method
+                 "must be a plain function: it is called between attempts, and a coroutine it"
+                 " returned would count as true", self.retry_if)
 
     def delays(self) -> list[float]:
         """Return the delay before each retry, without jitter (``max_attempts - 1`` values)."""
@@ -138,15 +185,18 @@ def backoff_delay(policy: RetryPolicy, retry_number: int, u: float) -> float:
 def _retryable(policy: RetryPolicy, error: BaseException) -> tuple[bool, str]:
     if isinstance(error, _NEVER_RETRIED):
         return False, f"{type(error).__name__} is never retried"
-    if isinstance(error, RetryAfterError):
-        return True, ""
     if policy.non_retryable and isinstance(error, policy.non_retryable):
         return False, f"{type(error).__name__} is listed in non_retryable"
+    if isinstance(error, RetryAfterError):  # the handler's explicit request
+        return True, ""
+    if policy.retry_on is not None and not isinstance(error, policy.retry_on):
+        names = ", ".join(kind.__name__ for kind in policy.retry_on)
+        return False, f"{type(error).__name__} is not in retry_on ({names})"
     if policy.retry_if is not None:
         try:
             wanted = policy.retry_if(error)
         except Exception as problem:  # a broken predicate must not leave the step RUNNING
-            return False, f"retry_if raised {type(problem).__name__}: {problem}"
+            return False, f"retry_if raised {describe(problem)}"
         if not wanted:
             return False, "retry_if returned False"
     return True, ""
@@ -177,7 +227,7 @@ def decide_retry(
     if not retryable:
         return RetryDecision(False, reason=reason)
     if attempts >= policy.max_attempts:
-        return RetryDecision(False, reason=f"used all {policy.max_attempts} attempts")
+        return RetryDecision(False, reason=f"max_attempts={policy.max_attempts}")
     if isinstance(error, RetryAfterError):
         requested: Any = error.delay
         delay = float(requested) if _is_number(requested) and requested == requested else 0.0

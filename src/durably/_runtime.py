@@ -8,7 +8,7 @@ import contextvars
 import threading
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from ._clock import Clock, SystemClock
 from ._core import (
@@ -26,11 +26,16 @@ from ._errors import StepTimeoutError
 from ._records import Pipeline, StepRecord
 from ._retry import RetryPolicy
 from ._runtime_base import RuntimeBase
+from ._step import StepFunction
 
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
 
 __all__ = ["DurableWorkflowRuntime"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
 
 
 class _Deliveries:
@@ -125,6 +130,12 @@ class DurableWorkflowRuntime(RuntimeBase):
 
     # ------------------------------------------------------------ the three levels
 
+    @overload
+    def try_(self, action: Callable[[T], R], data: T, *, step_id: str | None = None) -> R: ...
+
+    @overload
+    def try_(self, action: str, data: Any = None, *, step_id: str | None = None) -> Any: ...
+
     def try_(self, action: Any, data: Any = None, *, step_id: str | None = None) -> Any:
         """Run ``action(data)`` once, store nothing, and return its value.
 
@@ -133,6 +144,14 @@ class DurableWorkflowRuntime(RuntimeBase):
             Exception: whatever the handler raised, unwrapped.
         """
         return self._once(self._plan_try(action, data, (), step_id))
+
+    @overload
+    def do(self, action: Callable[[T], R], data: T, *, retry: RetryPolicy | None = None,
+           step_id: str | None = None) -> R: ...
+
+    @overload
+    def do(self, action: str, data: Any = None, *, retry: RetryPolicy | None = None,
+           step_id: str | None = None) -> Any: ...
 
     def do(
         self,
@@ -146,10 +165,13 @@ class DurableWorkflowRuntime(RuntimeBase):
 
         A step that completed before (in this process or any earlier one) returns its recorded
         result without running. Failures are retried by ``retry`` (default: the runtime's
-        policy); an interrupted step resumes its attempt budget and its retry schedule.
+        policy); an interrupted step resumes its attempt budget and its retry schedule. A call
+        that raises gives its call number back, so calling again continues the same step.
 
         Args:
-            action: a registered action name (``"Domain.method"``) or a callable.
+            action: a registered action name (``"Domain.method"``), a ``@step`` function, or
+                a callable with a stable name (``module:qualname``; a lambda needs
+                ``step_id=``).
             data: the handler's single argument; hashed into the step id.
             retry: a policy for this call only.
             step_id: your own key for the step.
@@ -158,9 +180,34 @@ class DurableWorkflowRuntime(RuntimeBase):
             WorkflowStepError: the step gave up; chained to the last cause.
             HandlerNotFoundError: no handler for ``action`` (nothing is recorded).
             SerializationError: ``data`` cannot be hashed, or the result cannot be encoded.
+            ConfigurationError: a callable without a stable name, or a bad option.
+            TypeError: ``data`` does not fit the handler's parameters (not retried).
             StorageError: the store failed.
         """
         return self._durable(self._plan_do(action, data, (), retry, step_id))
+
+    @overload
+    def step(self, name: Callable[P, R], *,
+             retry: RetryPolicy | None = None) -> StepFunction[P, R]: ...
+
+    @overload
+    def step(self, name: str | None = None, *, retry: RetryPolicy | None = None
+             ) -> Callable[[Callable[P, R]], StepFunction[P, R]]: ...
+
+    def step(self, name: Any = None, *, retry: RetryPolicy | None = None) -> Any:
+        """Decorator: register a function as an action, and make each call a durable step.
+
+        ``@runtime.step("Payment.charge")`` (or ``@runtime.step()`` / ``@runtime.step``, named
+        ``module:qualname``) returns a :class:`StepFunction`: ``charge(card, 12.5)`` is
+        recorded, retried by ``retry`` (default: the runtime's policy) and replayed, with any
+        positional and keyword arguments; ``charge.try_(...)`` makes one unrecorded attempt;
+        ``charge.__wrapped__`` is the plain function.
+
+        Raises:
+            ConfigurationError: a bad name, or a function without a stable name and no name
+                given (a lambda, a local function).
+        """
+        return self._step_decorator(name, retry, StepFunction)
 
     def execute_step(
         self,

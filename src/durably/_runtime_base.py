@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, TypeVar
 
 from ._clock import Clock
-from ._codec import Codec, JsonCodec
-from ._context import Scope, active_step
+from ._codec import Codec, JsonCodec, codec_types
+from ._context import ActiveStep, Scope, active_step
 from ._core import (
     Hooks,
     StepHooks,
@@ -26,11 +26,19 @@ from ._core import (
     single_attempt,
 )
 from ._errors import ConfigurationError, SerializationError
-from ._ids import call_hash
+from ._ids import call_hash, numbered
 from ._proxy import Proxy
 from ._records import Pipeline
-from ._registry import Domain, Handler, Registry, callable_name, validate_action_name
+from ._registry import (
+    Domain,
+    Handler,
+    Registry,
+    callable_name,
+    stable_name,
+    validate_action_name,
+)
 from ._retry import RetryPolicy
+from ._step import StepFunctionBase
 from ._storage import StepStorage, default_storage
 
 __all__ = ["MODES", "RuntimeBase", "fresh_id"]
@@ -232,6 +240,29 @@ class RuntimeBase:
 
         return decorate
 
+    def _step_decorator(self, name: str | Callable[..., Any] | None, retry: RetryPolicy | None,
+                        make: Callable[..., StepFunctionBase]) -> Any:
+        """The body of each flavour's ``step()``: register the function, wrap it."""
+        policy = _check_retry(retry)
+
+        def decorate(fn: Callable[..., Any]) -> StepFunctionBase:
+            chosen = step_name if step_name is not None else stable_name(fn)
+            if chosen is None:
+                raise ConfigurationError(
+                    f"@step on {callable_name(fn)}: it has no stable name (a lambda, a local"
+                    " function, a partial, or a function of a script without a file); give"
+                    " one: @runtime.step('Domain.name')", field="name")
+            self.register(chosen, fn)
+            return make(self, chosen, fn, policy)
+
+        if callable(name):  # used bare, as @runtime.step
+            step_name = None
+            return decorate(name)
+        step_name = name
+        if name is not None:
+            validate_action_name(name)
+        return decorate
+
     def on(self, pattern: str, handler: Handler) -> Callable[[], None]:
         """Subscribe ``handler(data)`` to events matching ``pattern``; return ``unsubscribe``.
 
@@ -248,53 +279,87 @@ class RuntimeBase:
 
     # ------------------------------------------------------------ planning
 
-    def _resolve(self, action: object) -> tuple[str, Handler | None]:
+    def _resolve(self, action: object, *, stored: bool) -> tuple[str, Handler | None]:
         """Return the action's name, and its handler when it is a callable (else None: the
-        name is looked up only if the step runs)."""
+        name is looked up only if the step runs).
+
+        A callable's name is part of a stored step's identity, so a ``stored`` call refuses a
+        callable whose name would not survive a restart (see ``stable_name``).
+        """
         if isinstance(action, str):
             return action, None
+        if isinstance(action, StepFunctionBase):
+            return action.name, None  # registered under its name by @step
         if callable(action):
             handler = self._registry.check_handler(action, "action")
-            return callable_name(handler), handler
+            name = stable_name(handler)
+            if name is None:
+                if stored:
+                    raise ConfigurationError(
+                        f"{callable_name(handler)} has no stable name (a lambda, a local"
+                        " function, a functools.partial, or a function of a script without"
+                        " a file), so a re-run could not find its steps. Register it under a"
+                        " name (runtime.register('Domain.name', fn) or @runtime.step(...)),"
+                        " or give the call its own step_id=...", field="action")
+                name = callable_name(handler)
+            return name, handler
         raise ConfigurationError(
             f"an action is a registered name or a callable, got {action!r}", field="action")
 
+    def _hash_call(self, name: str, data: Any, args: tuple[Any, ...], mode: str,
+                   roots: tuple[str, str]) -> tuple[str, ActiveStep | None]:
+        """Hash a call in its scope (under its parent step, when a handler makes it)."""
+        active = active_step()
+        parent = None if active is None else active.context.step_id
+        try:
+            base = call_hash(self._scope.workflow_id, parent, name, data, args, mode=mode,
+                             roots=roots, types=codec_types(self._codec))
+        except SerializationError as error:
+            raise error.named(
+                action=name, hint="A step id is hashed from its arguments: register the"
+                " type with JsonCodec(types=[...]), or give the call its own step_id=...",
+            ) from None
+        return base, active
+
     def _plan_do(self, action: object, data: Any, args: tuple[Any, ...],
-                 retry: RetryPolicy | None, step_id: str | None) -> StepPlan:
-        name, handler = self._resolve(action)
+                 retry: RetryPolicy | None, step_id: str | None, *,
+                 handler: Handler | None = None,
+                 roots: tuple[str, str] = ("data", "args")) -> StepPlan:
+        name, callable_handler = self._resolve(action, stored=step_id is None)
         scope = self._scope
-        base = None
+        base = counter = None
+        number = 0
         if step_id is None:
-            active = active_step()
-            parent = None if active is None else active.context.step_id
-            base = call_hash(scope.workflow_id, parent, name, data, args)
+            base, active = self._hash_call(name, data, args, "do", roots)
             counter = scope.counter if active is None else active.children
-            step_id = counter.next_id(base)
+            number = counter.take(base)
+            step_id = numbered(base, number)
         else:
             step_id = _check_step_id(step_id)
         return StepPlan(step_id=step_id, workflow_id=scope.workflow_id, action=name,
                         context=data, args=args, policy=_check_retry(retry) or self._policy,
-                        mode="do", view=scope.view, handler=handler,
-                        lookup=self._registry.lookup, context_hash=base)
+                        mode="do", view=scope.view, handler=handler or callable_handler,
+                        lookup=self._registry.lookup, context_hash=base, counter=counter,
+                        number=number)
 
     def _plan_try(self, action: object, data: Any, args: tuple[Any, ...],
-                  step_id: str | None) -> StepPlan:
-        name, handler = self._resolve(action)
+                  step_id: str | None, *, handler: Handler | None = None,
+                  roots: tuple[str, str] = ("data", "args")) -> StepPlan:
+        name, callable_handler = self._resolve(action, stored=False)
         base = None
         if step_id is None:
             # try_ stores nothing, so an id is only for hooks and the idempotency key: hash it
             # when the data allows (stable), else use a fresh one rather than fail the call.
-            active = active_step()
-            parent = None if active is None else active.context.step_id
             try:
-                base = step_id = call_hash(self._scope.workflow_id, parent, name, data, args)
+                base = step_id = self._hash_call(name, data, args, "try", roots)[0]
             except SerializationError:
                 step_id = fresh_id("try")
         else:
             step_id = _check_step_id(step_id)
         return StepPlan(step_id=step_id, workflow_id=self._scope.workflow_id, action=name,
                         context=data, args=args, policy=self._policy, mode="try",
-                        handler=handler, lookup=self._registry.lookup, context_hash=base)
+                        handler=handler or callable_handler, lookup=self._registry.lookup,
+                        context_hash=base)
 
     def _plan_execute(self, step_id: str, pipeline: Pipeline, args: Sequence[Any], mode: str,
                       retry: RetryPolicy | None) -> StepPlan:
@@ -344,10 +409,11 @@ class RuntimeBase:
     def _proxy_call(self, path: tuple[str, ...], context: Any, args: tuple[Any, ...],
                     mode: str) -> Any:
         name = ".".join(path)
+        roots = ("context", "args")
         if mode == "do":
-            return self._durable(self._plan_do(name, context, args, None, None))
+            return self._durable(self._plan_do(name, context, args, None, None, roots=roots))
         if mode == "try":
-            return self._once(self._plan_try(name, context, args, None))
+            return self._once(self._plan_try(name, context, args, None, roots=roots))
         return self._execute(self._plan_execute(fresh_id("send"), Pipeline(path, context),
                                                 args, "send", None))
 

@@ -28,7 +28,7 @@ import urllib.parse
 from collections.abc import Iterator
 
 from ..._errors import StorageError
-from ._schema import MIGRATIONS, SCHEMA_VERSION, TableNames
+from ._schema import MIGRATIONS, OWN_SHAPES, SCHEMA_VERSION, TableNames
 
 __all__ = [
     "busy", "check_location", "connect_readonly", "enable_wal", "is_memory", "migrate",
@@ -59,6 +59,9 @@ def check_location(path: str) -> None:
     Raises:
         StorageError: the directory is missing or read-only, or the file is read-only.
     """
+    if os.path.isdir(path):
+        raise StorageError(f"cannot open step database {path!r}: it is a directory",
+                           path=path)
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise StorageError(
@@ -99,13 +102,40 @@ def connect_readonly(path: str, timeout: float) -> sqlite3.Connection:
                            check_same_thread=False)
 
 
+def _foreign_tables(conn: sqlite3.Connection) -> tuple[list[str], bool]:
+    """Return the tables that are not durably's, and whether any durably table is there."""
+    foreign, own = [], False
+    names = [row[0] for row in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+    for name in names:
+        if name.startswith("sqlite_"):
+            continue  # SQLite's own (sqlite_sequence, sqlite_stat1...)
+        columns = {row[0] for row in conn.execute(
+            "SELECT name FROM pragma_table_info(?)", (name,))}
+        if any(shape <= columns for shape in OWN_SHAPES):
+            own = True
+        else:
+            foreign.append(name)
+    return foreign, own
+
+
 def read_version(conn: sqlite3.Connection, path: str) -> int:
-    """Return the file's schema version; refuse one newer than this code knows.
+    """Return the file's schema version, once it is known to be a durably store (or empty).
+
+    A file is refused, and left untouched, if it holds tables that are not durably's, or has
+    a ``user_version`` but no durably table (another application's database), or a schema
+    newer than this code knows.
 
     Raises:
-        StorageError: the schema is newer than ``SCHEMA_VERSION``.
+        StorageError: names the path, and the tables found or the version.
     """
     version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    foreign, own = _foreign_tables(conn)
+    if foreign or (version and not own):
+        found = ", ".join(foreign) if foreign else "no durably table"
+        raise StorageError(
+            f"{path!r} is not a durably database (user_version {version}; tables: {found});"
+            " it is left as it is. Keep durably in a file of its own", path=path)
     if version > SCHEMA_VERSION:
         raise StorageError(
             f"step database {path!r} has schema version {version}, newer than the"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 
 __all__ = [
-    "MIGRATIONS", "SCHEMA_VERSION", "STEP_COLUMNS", "STEP_SHAPE", "TableNames",
+    "MIGRATIONS", "OWN_SHAPES", "SCHEMA_VERSION", "STEP_COLUMNS", "STEP_SHAPE", "TableNames",
     "check_identifier",
 ]
 
@@ -25,8 +25,10 @@ STEP_COLUMNS = (
     "step_id", "workflow_id", "action", "status", "result", "error", "attempts", "created_at",
     "started_at", "updated_at", "completed_at", "next_attempt_at", "budget_started_at",
 )
-# How a durably step table is recognised in a file, under any table name.
+# How durably's own tables are recognised in a file, under any table name: by the columns
+# they have (a later version may add columns, never remove these).
 STEP_SHAPE = frozenset(STEP_COLUMNS)
+OWN_SHAPES: tuple[frozenset[str], ...] = (STEP_SHAPE,)
 
 _STEPS_V2 = """CREATE TABLE {steps} (
     seq INTEGER PRIMARY KEY,

@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 from ..._errors import ConfigurationError, StorageError
 from ..._records import StepRecord, StepStatus
 from ._connection import (
+    busy,
     check_location,
     connect_readonly,
     enable_wal,
@@ -81,6 +82,11 @@ class SqliteStepStorage:
             raise ConfigurationError(
                 f"table must be a plain SQL identifier (letters, digits, _), got {table!r}",
                 field="table")
+        if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+            raise ConfigurationError(
+                f"path must name a database file (or ':memory:', asked for by name), got"
+                f" {path!r}: an empty path would be a temporary database that every run"
+                " starts afresh", field="path")
         if not isinstance(busy_timeout, (int, float)) or not busy_timeout >= 0:
             raise ConfigurationError(
                 f"busy_timeout must be a number of seconds >= 0, got {busy_timeout!r}",
@@ -156,7 +162,12 @@ class SqliteStepStorage:
 
     def _failure(self, error: sqlite3.Error, what: str, step_id: str | None) -> StorageError:
         where = f" for step {step_id}" if step_id is not None else ""
-        return StorageError(f"{what}{where} in {self.path!r} failed: {error}",
+        text = str(error)
+        if isinstance(error, sqlite3.OperationalError) and busy(error):
+            text += (f": another connection held the write lock for longer than"
+                     f" busy_timeout={self.busy_timeout:g} s (nothing was written; raise"
+                     " busy_timeout, or find the long transaction)")
+        return StorageError(f"{what}{where} in {self.path!r} failed: {text}",
                             path=self.path, step_id=step_id)
 
     def _open(self) -> sqlite3.Connection:
