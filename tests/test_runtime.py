@@ -344,14 +344,15 @@ def test_workflow_ids_isolate_steps(flavour: Flavour) -> None:
     assert len(handler.calls) == 2
 
 
-def test_explicit_step_id_is_used_as_is_and_does_not_number(flavour: Flavour) -> None:
-    """step_id= names the record directly and leaves the numbering of hashed calls alone."""
+def test_explicit_step_id_is_scoped_and_does_not_number(flavour: Flavour) -> None:
+    """step_id= names the record "<workflow>/<key>" and leaves the numbering of hashed calls
+    alone."""
     runtime = flavour.make()
     runtime.register("A.b", Counter())
     flavour.run(runtime.do("A.b", 1, step_id="charge-order-42"))
     flavour.run(runtime.do("A.b", 1))
-    ids = sorted(r.step_id for r in runtime.storage.list())
-    assert ids[0] == "charge-order-42" and "#" not in ids[1]
+    ids = [r.step_id for r in runtime.storage.list()]
+    assert ids[0] == "test/charge-order-42" and "#" not in ids[1]
 
 
 def test_unhashable_data_is_refused_before_anything_runs(flavour: Flavour) -> None:

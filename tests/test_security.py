@@ -51,7 +51,7 @@ def test_hostile_ids_and_values_are_stored_as_data(tmp_path: Path) -> None:
     hostile = "x'); DROP TABLE durably_steps; --"
     runtime.register("A.b", lambda data: hostile)
     assert runtime.do("A.b", hostile, step_id=hostile) == hostile
-    assert [r.step_id for r in runtime.storage.list()] == [hostile]
+    assert [r.step_id for r in runtime.storage.list()] == ["test/" + hostile]
     runtime.close()
 
 

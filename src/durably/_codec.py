@@ -9,13 +9,21 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from ._errors import SerializationError, StorageError
 from ._records import StepRecord
-from ._tags import TAG, TypeRegistry, dump_storage, is_plain, make_untag, to_tagged, type_name
+from ._tags import (
+    TAG,
+    TypeRegistry,
+    dump_storage,
+    is_plain,
+    make_untag,
+    on_fresh_stack,
+    to_tagged,
+    type_name,
+)
 
 __all__ = ["Codec", "JsonCodec", "PickleCodec", "codec_types", "decode_stored",
            "encode_result"]
@@ -50,30 +58,6 @@ def _decode_plain(text: str) -> Any:
         return json.loads(text)
     if end != len(text):
         return json.loads(text)
-    return value
-
-
-def _on_fresh_stack(decode: Callable[[], Any]) -> Any:
-    """Run ``decode`` in a new thread, whose stack starts empty.
-
-    JSON decoding recurses once per nesting level, so whether a deep value decodes would
-    otherwise depend on how deep the caller's own stack is. Encoding refuses values deeper than
-    the documented limit, and any value within it decodes on a fresh stack.
-    """
-    box: list[Any] = []
-
-    def run() -> None:
-        try:
-            box.append((True, decode()))
-        except BaseException as error:  # handed to the caller below
-            box.append((False, error))
-
-    worker = threading.Thread(target=run, name="durably-decode")
-    worker.start()
-    worker.join()
-    ok, value = box[0]
-    if not ok:
-        raise value
     return value
 
 
@@ -129,7 +113,7 @@ class JsonCodec:
                 return json.loads(text, object_hook=self._untag)
             return _decode_plain(text)  # no tagged value inside: no hook call per object
         except RecursionError:
-            return _on_fresh_stack(lambda: json.loads(text, object_hook=self._untag))
+            return on_fresh_stack(lambda: json.loads(text, object_hook=self._untag))
 
 
 def codec_types(codec: object) -> TypeRegistry | None:

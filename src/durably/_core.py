@@ -15,6 +15,7 @@ return value is the step's result; failures are raised from it.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Protocol
@@ -426,19 +427,23 @@ def _run_budget(
         if stored.budget_started_at is not None:
             budget_started_at = stored.budget_started_at
         if attempts >= policy.max_attempts:
-            interrupted = StepInterruptedError(step_id, attempts)
-            written = written_back((yield Write(record(
-                FAILED, t, error=ErrorInfo.from_exception(interrupted)))))
-            if written.status is COMPLETED:
-                return decode_stored(codec, written)
-            raise WorkflowStepError(
-                step_id, attempts=attempts, cause=interrupted, action=action,
-                workflow_id=workflow_id, reason="its last attempt was interrupted",
-            ) from interrupted
+            return (yield from _give_up(
+                record(FAILED, t), StepInterruptedError(step_id, attempts), codec, view,
+                "its last attempt was interrupted"))
         if stored.status is RETRYING and stored.next_attempt_at is not None:
-            remaining = stored.next_attempt_at - t
+            # What is left of the recorded wait, but never more than one delay may be: the
+            # process that recorded it may have had a clock ahead of ours.
+            remaining = min(stored.next_attempt_at - t, policy.max_delay)
             if remaining > 0:
                 yield Sleep(remaining)
+        elapsed = now() - budget_started_at
+        if policy.max_elapsed is not None and elapsed > policy.max_elapsed:
+            # The budget's time ran out while the step was interrupted (a crash, a long
+            # outage): the next attempt would start past max_elapsed, so none starts.
+            reason = f"max_elapsed={policy.max_elapsed:g} s had passed when it resumed"
+            return (yield from _give_up(
+                record(FAILED, now()), StepInterruptedError(step_id, attempts, reason=reason),
+                codec, view, reason))
 
     while True:
         attempts += 1
@@ -525,6 +530,20 @@ def _run_budget(
             if written.status is COMPLETED:
                 return decode_stored(codec, written)
             yield Sleep(decision.delay)
+
+
+def _give_up(record: StepRecord, cause: StepInterruptedError, codec: Codec, view: WorkflowView,
+             reason: str) -> StepMachine:
+    """Record ``record`` (FAILED) with ``cause`` and raise WorkflowStepError from it (or return
+    the result of a COMPLETED record someone else wrote meanwhile)."""
+    failed = dataclasses.replace(record, error=ErrorInfo.from_exception(cause))
+    written = yield Write(failed)
+    view.note(written)
+    if written.status is COMPLETED:
+        return decode_stored(codec, written)
+    raise WorkflowStepError(record.step_id, attempts=record.attempts, cause=cause,
+                            action=record.action, workflow_id=record.workflow_id,
+                            reason=reason) from cause
 
 
 def call_handler(command: RunAttempt) -> AttemptOutcome:

@@ -238,21 +238,25 @@ class StepTimeoutError(DurableError, TimeoutError):
 
 
 class StepInterruptedError(DurableError):
-    """The last attempt of a step's budget was interrupted (the process died or was stopped).
+    """A step was interrupted (the process died or was stopped) and may not go on: it was the
+    budget's last attempt, or the budget's ``max_elapsed`` passed before it resumed.
 
     Recorded as the step's error, and the cause of the :class:`WorkflowStepError` raised.
 
     Attributes:
         step_id: the interrupted step.
         attempts: the attempts its budget used.
+        reason: why it may not go on, when it is not the last attempt.
     """
 
-    def __init__(self, step_id: str, attempts: int) -> None:
+    def __init__(self, step_id: str, attempts: int, *, reason: str = "") -> None:
         super().__init__(
-            f"step {step_id} was interrupted during attempt {attempts}, its last allowed attempt"
+            f"step {step_id} was interrupted during attempt {attempts}, "
+            + (reason or "its last allowed attempt")
         )
         self.step_id = step_id
         self.attempts = attempts
+        self.reason = reason
 
 
 for _public in (ConfigurationError, DurableError, HandlerNotFoundError, NonRetryableError,

@@ -60,8 +60,15 @@ class ErrorInfo:
         if with_traceback:
             import traceback  # only failures that are kept pay for the import
 
-            text = "".join(traceback.format_exception(kind, error, error.__traceback__))
-        return cls(type=kind.__qualname__, module=kind.__module__, message=str(error),
+            try:
+                text = "".join(traceback.format_exception(kind, error, error.__traceback__))
+            except Exception as broken:  # a hostile exception must not stop its recording
+                text = f"<the traceback could not be formatted: {type(broken).__name__}>"
+        try:
+            message = str(error)
+        except Exception as broken:  # a __str__ that raises
+            message = f"<str() of the error raised {type(broken).__name__}>"
+        return cls(type=kind.__qualname__, module=kind.__module__, message=message,
                    traceback=text)
 
     def to_dict(self) -> dict[str, str]:

@@ -20,8 +20,15 @@ from typing import Any
 from ._errors import ConfigurationError, HandlerNotFoundError
 
 __all__ = [
-    "Domain", "Handler", "Registry", "callable_name", "compile_pattern", "is_async_callable",
-    "stable_name", "validate_action_name",
+    "Domain",
+    "Handler",
+    "Registry",
+    "callable_name",
+    "check_text",
+    "compile_pattern",
+    "is_async_callable",
+    "stable_name",
+    "validate_action_name",
 ]
 
 Handler = Callable[..., Any]
@@ -110,6 +117,27 @@ def is_async_callable(fn: object) -> bool:
     )
 
 
+def check_text(value: object, field: str) -> str:
+    """Return ``value`` if it is a non-empty ``str`` that every storage can hold.
+
+    A lone surrogate (``"\\ud800"``) is a legal Python string but not UTF-8 text: SQLite and
+    PostgreSQL cannot store it, so it is refused here, before anything is written, the same
+    way for every backend.
+
+    Raises:
+        ConfigurationError: names ``field`` and the value.
+    """
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"{field} must be a non-empty str, got {value!r}", field=field)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ConfigurationError(
+            f"{field} {value!r} is not valid text: {error.reason} at position {error.start}"
+            " (a lone surrogate cannot be stored)", field=field) from None
+    return value
+
+
 def validate_action_name(name: object) -> str:
     """Return ``name`` if it is a usable action name, else raise ``ConfigurationError``."""
     if not isinstance(name, str) or not all(_SEGMENT.fullmatch(part) for part in name.split(".")):
@@ -118,7 +146,7 @@ def validate_action_name(name: object) -> str:
             f" 'Payment.charge'; got {name!r}",
             field="action",
         )
-    return name
+    return check_text(name, "action")
 
 
 def compile_pattern(pattern: object) -> re.Pattern[str]:

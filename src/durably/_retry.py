@@ -22,7 +22,6 @@ import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from ._errors import (
     ConfigurationError,
@@ -35,7 +34,7 @@ from ._errors import (
 
 __all__ = [
     "MAX_SECONDS", "RetryDecision", "RetryPolicy", "backoff_delay", "decide_retry",
-    "jitter_fraction",
+    "jitter_fraction", "requested_delay",
 ]
 
 MAX_SECONDS = float(threading.TIMEOUT_MAX)
@@ -175,11 +174,28 @@ def jitter_fraction(workflow_id: str, step_id: str, retry_number: int) -> float:
 
 def backoff_delay(policy: RetryPolicy, retry_number: int, u: float) -> float:
     """Return the delay before retry ``retry_number`` (1-based) given the jitter draw ``u``."""
+    if policy.initial_delay == 0:
+        return 0.0  # zero times any factor, even one too large for a float
     try:
         raw = policy.initial_delay * policy.backoff ** (retry_number - 1)
     except OverflowError:
         raw = math.inf
     return min(policy.max_delay, raw) * (1.0 - policy.jitter * u)
+
+
+def requested_delay(policy: RetryPolicy, requested: object) -> float:
+    """The wait a ``RetryAfterError(requested)`` gets: the number, capped at ``max_delay``; a
+    negative, NaN or non-numeric request counts as zero, and one too large for a float as the
+    cap."""
+    if not _is_number(requested):
+        return 0.0
+    try:
+        delay = float(requested)  # type: ignore[arg-type]
+    except OverflowError:  # an int past the float range: the cap
+        return policy.max_delay
+    if delay != delay:  # NaN
+        return 0.0
+    return min(policy.max_delay, max(0.0, delay))
 
 
 def _retryable(policy: RetryPolicy, error: BaseException) -> tuple[bool, str]:
@@ -229,9 +245,7 @@ def decide_retry(
     if attempts >= policy.max_attempts:
         return RetryDecision(False, reason=f"max_attempts={policy.max_attempts}")
     if isinstance(error, RetryAfterError):
-        requested: Any = error.delay
-        delay = float(requested) if _is_number(requested) and requested == requested else 0.0
-        delay = min(policy.max_delay, max(0.0, delay))
+        delay = requested_delay(policy, error.delay)
     elif policy.jitter == 0 or policy.initial_delay == 0 or policy.max_delay == 0:
         delay = backoff_delay(policy, attempts, 0.0)  # nothing to randomise: skip the hash
     else:

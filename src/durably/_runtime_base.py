@@ -34,6 +34,7 @@ from ._registry import (
     Handler,
     Registry,
     callable_name,
+    check_text,
     stable_name,
     validate_action_name,
 )
@@ -49,11 +50,15 @@ _Self = TypeVar("_Self", bound="RuntimeBase")
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def _check_step_id(step_id: object) -> str:
-    if not isinstance(step_id, str) or not step_id:
-        raise ConfigurationError(f"step_id must be a non-empty str, got {step_id!r}",
-                                 field="step_id")
-    return step_id
+def _scoped_key(scope: Scope, key: object) -> str:
+    """The stored id of a caller's own ``step_id=`` key: ``scope + "/" + key``, so the same key
+    in two workflows names two steps (a key with ``/`` would make that mapping ambiguous)."""
+    key = check_text(key, "step_id")
+    if "/" in key:
+        raise ConfigurationError(
+            f"step_id {key!r} contains '/': a key is stored as '<workflow>/<key>', and a '/'"
+            " in it could make two keys of two workflows one", field="step_id")
+    return f"{scope.workflow_id}/{key}"
 
 
 def _check_mode(mode: object) -> str:
@@ -69,10 +74,7 @@ def _check_retry(retry: object) -> RetryPolicy | None:
 
 
 def _check_workflow_id(workflow_id: object) -> str:
-    if not isinstance(workflow_id, str) or not workflow_id:
-        raise ConfigurationError(f"workflow_id must be a non-empty str, got {workflow_id!r}",
-                                 field="workflow_id")
-    return workflow_id
+    return check_text(workflow_id, "workflow_id")
 
 
 def fresh_id(prefix: str) -> str:
@@ -335,7 +337,7 @@ class RuntimeBase:
             number = counter.take(base)
             step_id = numbered(base, number)
         else:
-            step_id = _check_step_id(step_id)
+            step_id = _scoped_key(scope, step_id)
         return StepPlan(step_id=step_id, workflow_id=scope.workflow_id, action=name,
                         context=data, args=args, policy=_check_retry(retry) or self._policy,
                         mode="do", view=scope.view, handler=handler or callable_handler,
@@ -355,7 +357,7 @@ class RuntimeBase:
             except SerializationError:
                 step_id = fresh_id("try")
         else:
-            step_id = _check_step_id(step_id)
+            step_id = _scoped_key(self._scope, step_id)
         return StepPlan(step_id=step_id, workflow_id=self._scope.workflow_id, action=name,
                         context=data, args=args, policy=self._policy, mode="try",
                         handler=handler or callable_handler, lookup=self._registry.lookup,
@@ -371,7 +373,8 @@ class RuntimeBase:
         if mode == "send":
             # An unknown action is a programming error: raise it now, not in the background.
             handler = self._registry.lookup(pipeline.action)
-        return StepPlan(step_id=_check_step_id(step_id), workflow_id=self._scope.workflow_id,
+        return StepPlan(step_id=check_text(step_id, "step_id"),
+                        workflow_id=self._scope.workflow_id,
                         action=pipeline.action, context=pipeline.context, args=tuple(args),
                         policy=_check_retry(retry) or self._policy, mode=mode,
                         view=self._scope.view, handler=handler, lookup=self._registry.lookup,

@@ -8,8 +8,9 @@ Wire format (pinned by golden tests; changing it breaks every stored result):
   ``{"__durably__": "<type>", "v": <payload>}``: ``datetime``/``date``/``time`` (ISO text),
   ``timedelta`` (``[days, seconds, microseconds]``), ``Decimal``/``UUID`` (text), ``bytes``
   (base64), ``tuple``/``set``/``frozenset`` (a list), NaN and infinities (``"nan"``, ``"inf"``,
-  ``"-inf"``), and a ``dict`` with any non-``str`` key or a ``"__durably__"`` key (a list of
-  ``[key, value]`` pairs).
+  ``"-inf"``), a ``str`` holding surrogate code points (base64 of its UTF-32, since JSON would
+  pair two of them into one character), and a ``dict`` with any non-``str`` key (or such a
+  key, or a ``"__durably__"`` key) as a list of ``[key, value]`` pairs.
 * Types registered with ``JsonCodec(types=...)`` are tagged by their registered name: a
   dataclass by its fields, an ``Enum`` by its value, any other type by the payload of its own
   pair of functions. A registered type wins over the lossy base-type encoding below.
@@ -46,7 +47,8 @@ from ._errors import ConfigurationError, SerializationError
 
 __all__ = [
     "MAX_NESTING", "TAG", "TypeRegistry", "canonical_json", "dump_canonical", "dump_storage",
-    "encode_canonical", "is_plain", "make_untag", "to_tagged", "type_name",
+    "encode_canonical", "is_plain", "make_untag", "on_fresh_stack", "text_round_trips",
+    "to_tagged", "type_name",
 ]
 
 TAG = "__durably__"
@@ -80,6 +82,33 @@ def _key_segment(key: object) -> str:
     if isinstance(key, str):
         return "[" + json.dumps(key, ensure_ascii=False) + "]"
     return f"[{key!r}]"
+
+
+def on_fresh_stack(work: Callable[[], Any]) -> Any:
+    """Run ``work`` in a new thread, whose stack starts empty, and return what it returns.
+
+    Encoding and decoding recurse once per nesting level, so whether a deep value can be read
+    would otherwise depend on how deep the caller's own stack happens to be. Values deeper
+    than :data:`MAX_NESTING` are refused when written; any value within it is read on a fresh
+    stack when the caller's stack is too deep.
+    """
+    import threading
+
+    box: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        try:
+            box.append((True, work()))
+        except BaseException as error:  # handed to the caller below
+            box.append((False, error))
+
+    worker = threading.Thread(target=run, name="durably-fresh-stack")
+    worker.start()
+    worker.join()
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value
 
 
 # ---------------------------------------------------------------- registered types
@@ -216,20 +245,43 @@ def dump_storage(tree: Any, *, root: str = "value", types: TypeRegistry | None =
     return _dump(_encode_storage, tree, root, False, types)
 
 
-_SCALARS = frozenset({str, int, bool, type(None)})
+_CANONICAL_SCALARS = frozenset({str, int, bool, type(None)})
+_STORAGE_SCALARS = frozenset({int, bool, type(None)})
+
+
+def text_round_trips(text: str) -> bool:
+    """Whether JSON gives ``text`` back exactly: not when it holds a surrogate code point.
+
+    A lone surrogate is legal in a Python str, and JSON writes it as ``\\udXXX``; but a high
+    and a low one side by side come back as the single character they would pair into. Such
+    strings are stored tagged (``"str"``). ``isascii()`` is a flag lookup, so the common case
+    costs nothing.
+    """
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def is_plain(value: Any, canonical: bool, depth: int = 0) -> bool:
     """Whether ``value`` is made only of JSON types that JSON text already represents exactly.
 
     True values skip the tagging walk: their JSON text is their encoded (or canonical) form.
-    ``canonical`` admits tuples, which the canonical form writes as lists. A tree deeper than
-    :data:`MAX_NESTING` is not plain (the walk refuses it). (Scalars are tested inline in the
-    loops: this runs on every step id and every result.)
+    ``canonical`` admits tuples, which the canonical form writes as lists, and any string
+    (hashing sees the code points; storage must also read them back, see
+    :func:`text_round_trips`). A tree deeper than :data:`MAX_NESTING` is not plain (the walk
+    refuses it). (Scalars are tested inline in the loops: this runs on every step id and every
+    result.)
     """
+    scalars = _CANONICAL_SCALARS if canonical else _STORAGE_SCALARS
     kind = type(value)
-    if kind in _SCALARS:
+    if kind in scalars:
         return True
+    if kind is str:
+        return text_round_trips(value)
     if kind is float:
         finite: bool = value - value == 0.0  # False for NaN and ±Infinity
         return finite
@@ -239,14 +291,14 @@ def is_plain(value: Any, canonical: bool, depth: int = 0) -> bool:
         if TAG in value:
             return False
         for key, item in value.items():
-            if type(key) is not str:
+            if type(key) is not str or not (canonical or text_round_trips(key)):
                 return False
-            if type(item) not in _SCALARS and not is_plain(item, canonical, depth + 1):
+            if type(item) not in scalars and not is_plain(item, canonical, depth + 1):
                 return False
         return True
     if kind is list or (canonical and kind is tuple):
         for item in value:
-            if type(item) not in _SCALARS and not is_plain(item, canonical, depth + 1):
+            if type(item) not in scalars and not is_plain(item, canonical, depth + 1):
                 return False
         return True
     return False
@@ -296,11 +348,19 @@ def to_tagged(value: Any, *, canonical: bool = False, root: str = "value",
                 raise
         return out
 
+    def walk_text(text: str) -> Any:
+        if canonical or text_round_trips(text):
+            return text
+        data = text.encode("utf-32-le", "surrogatepass")
+        return {TAG: "str", "v": base64.b64encode(data).decode("ascii")}
+
     def walk_dict(mapping: dict[Any, Any], depth: int) -> Any:
         marker = enter(mapping, depth)
         depth += 1
         try:
-            if TAG not in mapping and all(isinstance(key, str) for key in mapping):
+            if TAG not in mapping and all(
+                    isinstance(key, str) and (canonical or text_round_trips(key))
+                    for key in mapping):
                 out: dict[str, Any] = {}
                 for key, item in mapping.items():
                     try:
@@ -365,8 +425,10 @@ def to_tagged(value: Any, *, canonical: bool = False, root: str = "value",
     def walk(item: Any, depth: int) -> Any:
         kind = type(item)
         # Exact JSON types first: the common case costs a few identity checks.
-        if kind is str or kind is bool or item is None:
+        if kind is bool or item is None:
             return item
+        if kind is str:
+            return walk_text(item)
         if kind is int:
             return walk_int(item)
         if kind is float:
@@ -421,7 +483,7 @@ def to_tagged(value: Any, *, canonical: bool = False, root: str = "value",
         if isinstance(item, float):
             return walk_float(float.__float__(item))
         if isinstance(item, str):
-            return str.__str__(item)
+            return walk_text(str.__str__(item))
         if isinstance(item, dict):
             return walk_dict(item, depth)
         if isinstance(item, list):
@@ -431,14 +493,24 @@ def to_tagged(value: Any, *, canonical: bool = False, root: str = "value",
         raise _Unencodable(f"cannot encode a value of type {type_name(item)}",
                            type_name(item))
 
+    def walk_all() -> Any:
+        try:
+            return walk(value, 0)
+        except _Unencodable as error:
+            path = root + "".join(reversed(error.segments))
+            raise SerializationError(error.reason, type_name=error.type_name,
+                                     path=path) from None
+
     try:
-        return walk(value, 0)
-    except _Unencodable as error:
-        path = root + "".join(reversed(error.segments))
-        raise SerializationError(error.reason, type_name=error.type_name, path=path) from None
+        return walk_all()
     except RecursionError:
-        raise SerializationError("value is nested too deeply to encode",
-                                 type_name=type_name(value), path=root) from None
+        # The caller's own stack was deep: a value within MAX_NESTING still fits a new one.
+        active.clear()
+        try:
+            return on_fresh_stack(walk_all)
+        except RecursionError:
+            raise SerializationError("value is nested too deeply to encode",
+                                     type_name=type_name(value), path=root) from None
 
 
 def canonical_json(value: Any, *, root: str = "value", types: TypeRegistry | None = None) -> str:
@@ -468,6 +540,14 @@ def _decode_bytes(payload: Any) -> bytes:
         raise ValueError(f"invalid base64 in a bytes value: {error}") from None
 
 
+def _decode_text(payload: Any) -> str:
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except binascii.Error as error:
+        raise ValueError(f"invalid base64 in a str value: {error}") from None
+    return data.decode("utf-32-le", "surrogatepass")
+
+
 def _decode_uuid(payload: Any) -> Any:
     import uuid  # only stored data that holds UUIDs pays for the import
 
@@ -483,6 +563,7 @@ _DECODERS: dict[str, Decoder] = {
     "decimal": decimal.Decimal,
     "uuid": _decode_uuid,
     "bytes": _decode_bytes,
+    "str": _decode_text,
     "tuple": tuple,
     "set": set,
     "frozenset": frozenset,

@@ -12,13 +12,31 @@ from typing import Any
 from ..._errors import StorageError
 from ..._records import ErrorInfo, StepRecord, StepStatus, new_record
 
-__all__ = ["record_to_row", "row_to_record"]
+__all__ = ["not_text", "record_to_row", "row_to_record"]
 
 _STATUSES = {status.value: status for status in StepStatus}
+_TEXT_FIELDS = ("step_id", "workflow_id", "action")
 
 
-def record_to_row(record: StepRecord) -> tuple[Any, ...]:
-    """Return ``record`` as a row in ``STEP_COLUMNS`` order (the error as JSON text)."""
+def not_text(field: str, value: object, where: str) -> StorageError:
+    """The error for a string SQLite cannot store (a lone surrogate is not UTF-8)."""
+    return StorageError(f"{field} {value!r} is not valid UTF-8 text and cannot be stored in"
+                        f" {where}", path=where)
+
+
+def record_to_row(record: StepRecord, where: str) -> tuple[Any, ...]:
+    """Return ``record`` as a row in ``STEP_COLUMNS`` order (the error as JSON text).
+
+    Raises:
+        StorageError: an id, workflow or action is not valid UTF-8 text (names the field).
+    """
+    for field in _TEXT_FIELDS:
+        value = getattr(record, field)
+        if not value.isascii():  # the common case costs one C call per field
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise not_text(field, value, where) from None
     error = None if record.error is None else json.dumps(record.error.to_dict())
     return (
         record.step_id, record.workflow_id, record.action, record.status.value,
@@ -26,6 +44,15 @@ def record_to_row(record: StepRecord) -> tuple[Any, ...]:
         record.updated_at, record.completed_at, record.next_attempt_at,
         record.budget_started_at,
     )
+
+
+def _time(row: tuple[Any, ...], index: int, field: str, required: bool) -> None:
+    value = row[index]
+    if value is None and not required:
+        return
+    if type(value) is not float and type(value) is not int:
+        raise TypeError(f"{field} must be a number of seconds"
+                        + ("" if required else " or NULL") + f", not {value!r}")
 
 
 def row_to_record(row: tuple[Any, ...], where: str) -> StepRecord:
@@ -37,10 +64,25 @@ def row_to_record(row: tuple[Any, ...], where: str) -> StepRecord:
     step_id = row[0]
     try:
         error = None if row[5] is None else ErrorInfo.from_dict(json.loads(row[5]))
-        if type(row[6]) is not int or not (row[4] is None or type(row[4]) is str):
-            raise TypeError("attempts must be an integer and result text")
+        status = _STATUSES.get(row[3])
+        if status is None:
+            raise ValueError(f"unknown status {row[3]!r}")
+        if type(row[6]) is not int or row[6] < 0:
+            raise TypeError(f"attempts must be an integer >= 0, not {row[6]!r}")
+        if not (row[4] is None or type(row[4]) is str):
+            raise TypeError(f"result must be text, not {type(row[4]).__name__}")
+        if status is StepStatus.COMPLETED and row[4] is None:
+            raise TypeError("a COMPLETED record must hold its result")
+        for index, field in ((1, "workflow_id"), (2, "action")):
+            if type(row[index]) is not str:
+                raise TypeError(f"{field} must be text, not {row[index]!r}")
+        for index, field, required in ((7, "created_at", True), (8, "started_at", False),
+                                       (9, "updated_at", True), (10, "completed_at", False),
+                                       (11, "next_attempt_at", False),
+                                       (12, "budget_started_at", False)):
+            _time(row, index, field, required)
         return new_record(
-            step_id=step_id, workflow_id=row[1], action=row[2], status=_STATUSES[row[3]],
+            step_id=step_id, workflow_id=row[1], action=row[2], status=status,
             result=row[4], error=error, attempts=row[6], created_at=row[7],
             started_at=row[8], updated_at=row[9], completed_at=row[10],
             next_attempt_at=row[11], budget_started_at=row[12],

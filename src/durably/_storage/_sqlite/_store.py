@@ -32,12 +32,14 @@ from ._connection import (
     read_version,
     tune,
 )
-from ._rows import record_to_row, row_to_record
+from ._rows import not_text, record_to_row, row_to_record
 from ._schema import SCHEMA_VERSION, STEP_COLUMNS, TableNames, check_identifier
 
-__all__ = ["SqliteStepStorage"]
+__all__ = ["MAX_BUSY_TIMEOUT", "SqliteStepStorage"]
 
 _DURABILITY = ("normal", "full")
+MAX_BUSY_TIMEOUT = (2**31 - 1) / 1000
+"""The longest ``busy_timeout`` SQLite can wait, in seconds; longer values are capped."""
 _OUTCOMES = (StepStatus.COMPLETED, StepStatus.FAILED)
 _COLUMNS = ", ".join(STEP_COLUMNS)
 _PLACEHOLDERS = ", ".join("?" * len(STEP_COLUMNS))
@@ -87,14 +89,18 @@ class SqliteStepStorage:
                 f"path must name a database file (or ':memory:', asked for by name), got"
                 f" {path!r}: an empty path would be a temporary database that every run"
                 " starts afresh", field="path")
-        if not isinstance(busy_timeout, (int, float)) or not busy_timeout >= 0:
+        if not isinstance(busy_timeout, (int, float)) or isinstance(busy_timeout, bool) \
+                or not busy_timeout >= 0:
             raise ConfigurationError(
                 f"busy_timeout must be a number of seconds >= 0, got {busy_timeout!r}",
                 field="busy_timeout")
         self.path = os.fspath(path)
         self.durability = durability
         self.table = table
-        self.busy_timeout = float(busy_timeout)
+        # SQLite takes the timeout as a C int of milliseconds: a longer one (or infinity)
+        # would overflow into "do not wait at all", so it is capped at the longest SQLite
+        # can wait (about 24.8 days).
+        self.busy_timeout = min(float(busy_timeout), MAX_BUSY_TIMEOUT)
         self.readonly = bool(readonly)
         self._names = TableNames(table)
         self._lock = threading.RLock()
@@ -256,6 +262,8 @@ class SqliteStepStorage:
                 row = self._connection().execute(self._sql_get, (step_id,)).fetchone()
             except sqlite3.Error as error:
                 raise self._failure(error, "reading", step_id) from error
+            except UnicodeEncodeError:
+                raise not_text("step_id", step_id, self.path) from None
         return None if row is None else row_to_record(row, self.path)
 
     def set(self, record: StepRecord) -> StepRecord:
@@ -264,7 +272,7 @@ class SqliteStepStorage:
         Raises:
             StorageError: the database failed (names the step id).
         """
-        row = record_to_row(record)
+        row = record_to_row(record, self.path)
         # A first attempt's marker is almost always a new row: insert it at once. Anything
         # else is almost always an existing row: update it in place first.
         probably_new = record.attempts <= 1 and record.status is StepStatus.RUNNING
@@ -291,6 +299,8 @@ class SqliteStepStorage:
                 return self._writable().execute(self._sql_delete, (step_id,)).rowcount > 0
             except sqlite3.Error as error:
                 raise self._failure(error, "deleting", step_id) from error
+            except UnicodeEncodeError:
+                raise not_text("step_id", step_id, self.path) from None
 
     def list(
         self, workflow_id: str | None = None, status: StepStatus | None = None
@@ -311,6 +321,8 @@ class SqliteStepStorage:
                 rows = self._connection().execute(sql, params).fetchall()
             except sqlite3.Error as error:
                 raise self._failure(error, "listing", None) from error
+            except UnicodeEncodeError:
+                raise not_text("workflow_id", workflow_id, self.path) from None
         return [row_to_record(row, self.path) for row in rows]
 
     def close(self) -> None:
