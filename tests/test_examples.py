@@ -20,6 +20,11 @@ EXPECTED = {
     "05_custom_storage.py": ["checks passed", "stored as"],
     "06_asyncio.py": ["request cancelled",
                       "rerun ran only: ['quote slowpost (attempt 2)', 'label slowpost']"],
+    "07_recover_after_kill.py": ["process 1 was killed with SIGKILL", "pack order 42",
+                                 "recovered ['order-42']", "recovery_count=1, fence=2"],
+    "08_worker.py": ["submitted: ['pending', 'pending', 'pending']",
+                     "results: ['sent to ann', 'sent to bob', 'sent to cyd']",
+                     "worker stopped"],
 }
 
 

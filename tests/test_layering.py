@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "durably"
 
 # Rank of each module; a module may import only modules of a strictly lower rank
 # (modules of the same rank are siblings and do not import each other).
-LAYERS: dict[str, int] = {
+LAYERS: dict[str, float] = {
     "_errors": 0,
     "_records": 1,
     "_tags": 2, "_retry": 2, "_clock": 2,
@@ -17,15 +17,17 @@ LAYERS: dict[str, int] = {
     "_ids": 3, "_registry": 3,
     "_view": 4,
     "_context": 5,
-    "_storage": 6, "_storage._base": 6,
-    "_storage._memory": 7, "_storage._sqlite": 7,
-    "_storage._sqlite._schema": 7, "_storage._sqlite._rows": 7,
-    "_storage._sqlite._connection": 8, "_storage._sqlite._store": 9,
-    "_core": 10,
-    "_proxy": 11, "_step": 11,
+    "_storage": 6, "_storage._base": 6, "_storage._runs": 6,
+    "_storage._memory": 7, "_storage._sqlite": 8,
+    "_storage._sqlite._schema": 8, "_storage._sqlite._rows": 8.5,
+    "_storage._sqlite._connection": 9, "_storage._sqlite._runs": 9.5,
+    "_storage._sqlite._store": 9.7,
+    "_core": 10, "_workflows": 10,
+    "_threads": 11, "_tasks": 11, "_handles": 11, "_proxy": 11, "_step": 11,
+    "_runs_api": 11.5,
     "_runtime_base": 12,
     "_runtime": 13, "_aio": 13,
-    "testing": 14, "testing._contract": 14,
+    "testing": 14, "testing._contract": 14, "testing._run_contract": 14,
     "__init__": 15, "__main__": 16,
 }
 # Every module the layout of docs/layout.md names must be placed above.
@@ -59,7 +61,7 @@ def _imports(path: Path, name: str) -> set[str]:
     return found
 
 
-def _rank(target: str) -> int:
+def _rank(target: str) -> float:
     while target not in LAYERS and "." in target:
         target = target.rsplit(".", 1)[0]
     return LAYERS[target]

@@ -25,7 +25,8 @@ from durably import (
 from durably.testing import FakeClock, create_async_test_runtime, create_test_runtime
 
 OPTIONS = ["storage", "retry_policy", "workflow_id", "on_step_start", "on_step_complete",
-           "on_step_error", "hooks", "clock", "codec"]
+           "on_step_error", "hooks", "clock", "codec", "executor_id", "lease", "max_runs",
+           "code_version", "shutdown_timeout"]
 
 
 @pytest.mark.parametrize("cls", [DurableWorkflowRuntime, AsyncDurableWorkflowRuntime])
@@ -34,7 +35,7 @@ def test_constructors_spell_out_their_parameters(cls: type) -> None:
     parameters = inspect.signature(cls).parameters
     assert list(parameters) == OPTIONS
     assert all(parameters[name].kind is inspect.Parameter.KEYWORD_ONLY
-               for name in ("hooks", "clock", "codec"))
+               for name in OPTIONS[6:])
     with pytest.raises(TypeError, match="retry_polcy"):
         cls(retry_polcy=RetryPolicy())
 

@@ -17,8 +17,16 @@ SQLITE = sorted((SRC / "_storage" / "_sqlite").glob("*.py"))
 
 # Names that may be interpolated into SQL text: the validated table name, fixed column lists,
 # clause fragments made of them, and an integer schema version.
-SQL_SAFE_NAMES = {"table", "_COLUMNS", "_PLACEHOLDERS", "updates", "name", "where",
-                  "SCHEMA_VERSION", "self._sql_list", "self.table"}
+SQL_SAFE_NAMES = {
+    "table", "_COLUMNS", "_PLACEHOLDERS", "updates", "name", "where", "SCHEMA_VERSION",
+    "self._sql_list", "self.table",
+    # run and event tables: validated names derived from the table name, fixed column lists,
+    # placeholder lists and clauses built only from those
+    "runs", "steps", "events", "names.steps", "names.runs", "names.events",
+    "self._names.runs", "self._names.steps", "self._names.events", "owned", "marks",
+    "_RUN_COLUMNS", "_EVENT_COLUMNS", "_STEP_COLUMNS", "_RUN_PLACEHOLDERS",
+    "_STEP_PLACEHOLDERS", "_TERMINAL_MARKS",
+}
 
 
 def _sources() -> list[Path]:

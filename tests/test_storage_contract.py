@@ -5,11 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from durably import InMemoryStepStorage, SqliteStepStorage, StepRecord, StepStatus
-from durably.testing import StorageContract
+from durably.testing import RunStorageContract, StorageContract
 
 
 class TestBackends(StorageContract):
     """Every contract check, against the parametrized ``storage`` fixture (memory, SQLite)."""
+
+
+class TestRunBackends(RunStorageContract):
+    """Every run contract check, against the same backends."""
 
 
 def test_run_executes_every_check_outside_pytest(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ sync runtime (``_core.py``) and answers its commands with awaits.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +25,7 @@ from types import TracebackType
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 from ._clock import AsyncSystemClock, Clock
-from ._context import enter_step, leave_step
+from ._context import enter_run, enter_step, leave_run, leave_step
 from ._core import (
     AttemptOutcome,
     ReadHistory,
@@ -36,19 +37,33 @@ from ._core import (
     call_handler,
     logger,
 )
-from ._errors import StepTimeoutError
+from ._errors import StepTimeoutError, StorageError
+from ._handles import AsyncRunHandle, AsyncWorker, AsyncWorkflow
 from ._records import Pipeline, StepRecord
 from ._registry import is_async_callable
 from ._retry import RetryPolicy
-from ._runtime_base import RuntimeBase
+from ._runtime_base import RuntimeBase, check_poll
 from ._step import AsyncStepFunction
 from ._storage import is_blocking
+from ._tasks import Family
+from ._workflows import (
+    BodyOutcome,
+    Dispatch,
+    ExecuteRun,
+    Pause,
+    RunBody,
+    StoreCall,
+    body_outcome,
+    op_serve_pass,
+    run_machine,
+)
 
 __all__ = ["AsyncDurableWorkflowRuntime"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
+I = TypeVar("I")  # noqa: E741 - a workflow's input
 
 
 class _AsyncStepDecorator(Protocol):
@@ -64,7 +79,7 @@ class _AsyncStepDecorator(Protocol):
 
 
 async def _call_async(command: RunAttempt) -> Any:
-    token = enter_step(command.step)
+    token = enter_step(command.step, command.local_id)
     try:
         result = command.handler(command.context, *command.args)
         if inspect.isawaitable(result):
@@ -80,7 +95,7 @@ async def _call_sync(command: RunAttempt) -> Any:
         raise outcome.error
     value = outcome.value
     if inspect.isawaitable(value):  # a plain function that returned a coroutine: await it
-        token = enter_step(command.step)
+        token = enter_step(command.step, command.local_id)
         try:
             value = await value
         finally:
@@ -90,16 +105,6 @@ async def _call_sync(command: RunAttempt) -> Any:
 
 async def _ready(value: Any) -> Any:
     return value
-
-
-class _Family:
-    """What a runtime shares with its ``for_workflow`` siblings besides its options."""
-
-    def __init__(self) -> None:
-        self.closed = False
-        self.deliveries: set[asyncio.Task[None]] = set()
-        self.storage_pool: ThreadPoolExecutor | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
 
 
 class AsyncDurableWorkflowRuntime(RuntimeBase):
@@ -128,11 +133,29 @@ class AsyncDurableWorkflowRuntime(RuntimeBase):
     def _default_clock(self) -> Clock:
         return AsyncSystemClock()
 
-    def _new_family(self) -> _Family:
-        return _Family()
+    def _new_family(self) -> Family:
+        return Family(self.max_runs, self.lease / 3)
 
     def _finished(self, value: Any) -> Awaitable[Any]:
         return _ready(value)
+
+    def _then(self, result: Any, after: Callable[[Any], Any]) -> Any:
+        async def chain() -> Any:
+            value = after(await result)
+            if inspect.isawaitable(value):
+                value = await value
+            return value
+
+        return chain()
+
+    def _handle(self, run_id: str) -> AsyncRunHandle[Any]:
+        return AsyncRunHandle(self, run_id)
+
+    def _op_handler(self, make_op: Callable[[], Any], post: Callable[[Any], Any]) -> Any:
+        async def handler(_data: Any) -> Any:
+            return post(await self._drive(make_op()))
+
+        return handler
 
     # ------------------------------------------------------------ the three levels
 
@@ -224,6 +247,56 @@ class AsyncDurableWorkflowRuntime(RuntimeBase):
 
     # ------------------------------------------------------------ lifecycle
 
+    def workflow(self, name: str, *, max_recoveries: int = 10, timeout: float | None = None
+                 ) -> Callable[[Callable[[I], Awaitable[R]]], AsyncWorkflow[I, R]]:
+        """Decorator: register an ``async def`` workflow (see
+        :meth:`DurableWorkflowRuntime.workflow`) and return an :class:`AsyncWorkflow`."""
+        return self._workflow_decorator(name, max_recoveries, timeout, AsyncWorkflow)
+
+    async def serve(self, poll: float = 1.0) -> None:
+        """Claim due runs and execute them as tasks until :meth:`aclose` (or cancellation);
+        then hand back the runs not finished."""
+        try:
+            await self._serve(check_poll(poll), [False])
+        finally:
+            if not self._family.closed:  # aclose() has handed them back already
+                await self._hand_back()
+
+    def start_worker(self, poll: float = 1.0) -> AsyncWorker:
+        """Run :meth:`serve`'s loop as a task of the running loop; ``await worker.stop()``
+        ends it."""
+        stopped = [False]
+        task = asyncio.get_running_loop().create_task(self._serve(check_poll(poll), stopped))
+
+        async def stop() -> None:
+            stopped[0] = True
+            self._family.notify()
+            await asyncio.wait({task})
+            await self._hand_back()
+
+        return AsyncWorker(stop, lambda: not task.done())
+
+    async def _serve(self, poll: float, stopped: list[bool]) -> None:
+        family: Family = self._family
+        family.loop = asyncio.get_running_loop()
+        while not (family.closed or stopped[0]):
+            try:
+                wait = await self._drive(op_serve_pass(self, family.capacity(), poll))
+            except StorageError:
+                logger().exception("durably: a worker pass failed; trying again")
+                wait = poll
+            if not (family.closed or stopped[0]):
+                await family.wait(wait)
+
+    async def _hand_back(self) -> None:
+        await self._family.hand_back(self.shutdown_timeout, self._release)
+
+    async def _release(self, run_id: str, fence: int) -> None:
+        try:
+            await self._store(self._runs.release, run_id, fence, self._now())
+        except Exception:  # closing anyway: the lease will run out and another takes it
+            logger().exception("durably: could not hand back run %s", run_id)
+
     async def flush(self, timeout: float | None = None) -> bool:
         """Wait for in-flight ``send`` deliveries; ``False`` if ``timeout`` passed first."""
         deliveries = self._family.deliveries
@@ -238,17 +311,19 @@ class AsyncDurableWorkflowRuntime(RuntimeBase):
         return True
 
     async def aclose(self) -> None:
-        """Wait for deliveries, then close the storage. Idempotent.
+        """Stop claiming runs, wait up to ``shutdown_timeout`` for the runs executing here and
+        hand the others back, wait for deliveries, then close the storage. Idempotent.
 
         Runtimes made by :meth:`for_workflow` share the storage: closing one closes it for all.
         """
-        family: _Family = self._family
+        family: Family = self._family
+        if not family.closed:
+            family.closed = True
+            family.notify()
+            await self._hand_back()
         await self.flush()
-        family.closed = True
         await self._store(self._storage.close)
-        pool, family.storage_pool = family.storage_pool, None
-        if pool is not None:
-            pool.shutdown(wait=False)
+        await family.shutdown()
 
     async def __aenter__(self) -> AsyncDurableWorkflowRuntime:
         return self
@@ -260,7 +335,7 @@ class AsyncDurableWorkflowRuntime(RuntimeBase):
     # ------------------------------------------------------------ driving the core
 
     def _dispatch(self, plan: StepPlan) -> None:
-        family: _Family = self._family
+        family: Family = self._family
         if family.closed:
             logger().warning("durably: %s sent after aclose(); dropped", plan.action)
             return
@@ -295,7 +370,7 @@ class AsyncDurableWorkflowRuntime(RuntimeBase):
     async def _store(self, operation: Callable[..., Any], *args: Any) -> Any:
         if not is_blocking(self._storage):
             return operation(*args)
-        family: _Family = self._family
+        family: Family = self._family
         if family.storage_pool is None:
             family.storage_pool = ThreadPoolExecutor(4, thread_name_prefix="durably-storage")
         return await asyncio.get_running_loop().run_in_executor(
@@ -317,6 +392,42 @@ class AsyncDurableWorkflowRuntime(RuntimeBase):
         finally:
             machine.close()
 
+    async def _store_call(self, command: StoreCall) -> Any:
+        return await self._store(functools.partial(command.method, *command.args,
+                                                   **command.kwargs))
+
+    async def _pause(self, command: Pause) -> None:
+        await self._family.wait(command.seconds)
+
+    async def _execute_run(self, command: ExecuteRun) -> None:
+        claimed = command.claimed
+        family: Family = self._family
+        family.loop = asyncio.get_running_loop()
+        family.track(claimed.run_id, claimed.fence, self._renew)
+        try:
+            await self._drive(run_machine(self, claimed))
+        finally:
+            family.untrack(claimed.run_id)
+
+    async def _dispatch_run(self, command: Dispatch) -> None:
+        claimed = command.claimed
+        self._family.submit_run(claimed.run_id, claimed.fence,
+                                lambda: self._execute_run(ExecuteRun(claimed)), self._release)
+
+    async def _run_body(self, command: RunBody) -> BodyOutcome:
+        token = enter_run(command.scope)
+        try:
+            return BodyOutcome(value=await command.function(command.input))
+        except BaseException as error:
+            return body_outcome(error)
+        finally:
+            leave_run(token)
+
+    async def _renew(self, leases: dict[str, int]) -> set[str]:
+        renewed: set[str] = await self._store(self._runs.renew, self.executor_id, leases,
+                                              self._now(), self.lease)
+        return renewed
+
     async def _read_history(self, command: ReadHistory) -> None:
         view = command.view
         if view.loaded:
@@ -336,7 +447,12 @@ class AsyncDurableWorkflowRuntime(RuntimeBase):
         view.fill(records)
 
     async def _write(self, command: Write) -> StepRecord:
-        written: StepRecord = await self._store(self._storage.set, command.record)
+        run = command.run
+        if run is None:
+            written: StepRecord = await self._store(self._storage.set, command.record)
+        else:
+            written = await self._store(self._runs.record_step, run.run_id, run.fence,
+                                        command.record)
         return written
 
     async def _sleep(self, command: Sleep) -> None:
@@ -378,4 +494,9 @@ _ANSWERS: dict[type, Callable[[AsyncDurableWorkflowRuntime, Any], Awaitable[Any]
     Write: AsyncDurableWorkflowRuntime._write,
     Sleep: AsyncDurableWorkflowRuntime._sleep,
     RunAttempt: AsyncDurableWorkflowRuntime._attempt,
+    StoreCall: AsyncDurableWorkflowRuntime._store_call,
+    Pause: AsyncDurableWorkflowRuntime._pause,
+    ExecuteRun: AsyncDurableWorkflowRuntime._execute_run,
+    Dispatch: AsyncDurableWorkflowRuntime._dispatch_run,
+    RunBody: AsyncDurableWorkflowRuntime._run_body,
 }

@@ -25,7 +25,7 @@ from ._tags import (
     type_name,
 )
 
-__all__ = ["Codec", "JsonCodec", "PickleCodec", "codec_types", "decode_stored",
+__all__ = ["Codec", "JsonCodec", "PickleCodec", "codec_types", "decode_stored", "decode_text",
            "encode_result"]
 
 
@@ -148,6 +148,18 @@ def decode_stored(codec: Codec, record: StepRecord) -> Any:
             f"stored result of step {record.step_id} cannot be decoded: {error}",
             step_id=record.step_id,
         ) from error
+
+
+def decode_text(codec: Codec, text: str, what: str) -> Any:
+    """Return the value ``text`` encodes; ``what`` names it in the error.
+
+    Raises:
+        StorageError: the text cannot be decoded.
+    """
+    try:
+        return codec.decode(text)
+    except Exception as error:
+        raise StorageError(f"{what} cannot be decoded: {error}") from error
 
 
 class PickleCodec:

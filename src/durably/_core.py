@@ -21,7 +21,7 @@ from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._codec import Codec, decode_stored, encode_result
-from ._context import enter_step, leave_step
+from ._context import RunBinding, enter_step, leave_step
 from ._errors import (
     ConfigurationError,
     SerializationError,
@@ -179,12 +179,17 @@ class ReadHistory:
 
 
 class Write:
-    """Store ``record``; answer: the record now stored."""
+    """Store ``record``; answer: the record now stored.
 
-    __slots__ = ("record",)
+    Inside a run (``run`` set) the write is fenced: storage checks, in the same transaction,
+    that the run is still RUNNING under ``run.fence``, and raises ``OwnershipLost`` if not.
+    """
 
-    def __init__(self, record: StepRecord) -> None:
+    __slots__ = ("record", "run")
+
+    def __init__(self, record: StepRecord, run: RunBinding | None = None) -> None:
         self.record = record
+        self.run = run
 
 
 class Sleep:
@@ -207,15 +212,16 @@ class RunAttempt:
     hands the awaitable back as the value, and the machine refuses it.
     """
 
-    __slots__ = ("args", "context", "handler", "step", "timeout")
+    __slots__ = ("args", "context", "handler", "local_id", "step", "timeout")
 
     def __init__(self, handler: Handler, step: StepContext, context: Any,
-                 args: tuple[Any, ...], timeout: float | None) -> None:
+                 args: tuple[Any, ...], timeout: float | None, local_id: str) -> None:
         self.handler = handler
         self.step = step
         self.context = context
         self.args = args
         self.timeout = timeout
+        self.local_id = local_id
 
 
 class AttemptOutcome:
@@ -253,21 +259,26 @@ class StepPlan:
         pipeline: the call, when the caller built it.
         counter: the counter that numbered this call (``None`` for an explicit id).
         number: the number it gave (the ``#n`` of the id).
+        run: the run the step belongs to (its writes are fenced), or ``None``.
+        local_id: the id within the scope, without a run's prefix (default: ``step_id``).
     """
 
     __slots__ = ("_handler", "_lookup", "_pipeline", "action", "args", "context",
-                 "context_hash", "counter", "mode", "number", "policy", "step_id", "view",
-                 "workflow_id")
+                 "context_hash", "counter", "local_id", "mode", "number", "policy", "run",
+                 "step_id", "view", "workflow_id")
 
     def __init__(
         self, *, step_id: str, workflow_id: str, action: str, context: Any,
         args: tuple[Any, ...], policy: RetryPolicy, mode: str, view: WorkflowView | None = None,
         handler: Handler | None = None, lookup: Callable[[str], Handler] | None = None,
         context_hash: str | None = None, pipeline: Pipeline | None = None,
-        counter: CallCounter | None = None, number: int = 0,
+        counter: CallCounter | None = None, number: int = 0, run: RunBinding | None = None,
+        local_id: str | None = None,
     ) -> None:
         self.counter = counter
         self.number = number
+        self.run = run
+        self.local_id = step_id if local_id is None else local_id
         self.step_id = step_id
         self.workflow_id = workflow_id
         self.action = action
@@ -337,7 +348,7 @@ def single_attempt(plan: StepPlan, hooks: Hooks) -> StepMachine:
     handler = plan.resolve()
     hooks.started(plan, 1)
     outcome: AttemptOutcome = yield RunAttempt(handler, plan.attempt_context(1), plan.context,
-                                               plan.args, None)
+                                               plan.args, None, plan.local_id)
     if outcome.error is None and type(outcome.value) not in _PLAIN_VALUES:
         outcome = _refuse_awaitable(plan, outcome)
     if outcome.error is not None:
@@ -402,7 +413,7 @@ def _run_budget(
     """The attempts of a step that must run, from the budget its record says."""
     handler = plan.resolve()
     step_id = plan.step_id
-    workflow_id, action, policy = plan.workflow_id, plan.action, plan.policy
+    workflow_id, action, policy, run = plan.workflow_id, plan.action, plan.policy, plan.run
 
     def record(status: StepStatus, t: float, **fields: Any) -> StepRecord:
         """This step's record at ``t``: the budget as it stands, in ``status``."""
@@ -429,7 +440,7 @@ def _run_budget(
         if attempts >= policy.max_attempts:
             return (yield from _give_up(
                 record(FAILED, t), StepInterruptedError(step_id, attempts), codec, view,
-                "its last attempt was interrupted"))
+                "its last attempt was interrupted", run))
         if stored.status is RETRYING and stored.next_attempt_at is not None:
             # What is left of the recorded wait, but never more than one delay may be: the
             # process that recorded it may have had a clock ahead of ours.
@@ -443,7 +454,7 @@ def _run_budget(
             reason = f"max_elapsed={policy.max_elapsed:g} s had passed when it resumed"
             return (yield from _give_up(
                 record(FAILED, now()), StepInterruptedError(step_id, attempts, reason=reason),
-                codec, view, reason))
+                codec, view, reason, run))
 
     while True:
         attempts += 1
@@ -456,7 +467,7 @@ def _run_budget(
                             status=RUNNING, error=error_info, attempts=attempts,
                             created_at=created_at, started_at=t, updated_at=t,
                             budget_started_at=budget_started_at)
-        written = yield Write(marker)
+        written = yield Write(marker, run)
         view.note(written)
         if written.status is COMPLETED:  # another process or thread finished it
             return decode_stored(codec, written)
@@ -464,7 +475,8 @@ def _run_budget(
         if hooks.on_start is not None:
             hooks.started(plan, attempts)
         outcome: AttemptOutcome = yield RunAttempt(handler, plan.attempt_context(attempts),
-                                                   plan.context, plan.args, policy.timeout)
+                                                   plan.context, plan.args, policy.timeout,
+                                                   plan.local_id)
         if outcome.error is None and type(outcome.value) not in _PLAIN_VALUES:
             outcome = _refuse_awaitable(plan, outcome)
         error = outcome.error
@@ -481,7 +493,7 @@ def _run_budget(
                          " (e.g. dataclasses.asdict(...)), or use another codec",
                 )
                 hooks.failed(plan, attempts, named)
-                written = written_back((yield Write(record(
+                written = written_back((yield Write(run=run, record=record(
                     FAILED, now(), error=ErrorInfo.from_exception(named)))))
                 if written.status is COMPLETED:  # another process finished it meanwhile
                     return decode_stored(codec, written)
@@ -491,7 +503,7 @@ def _run_budget(
                               status=COMPLETED, result=encoded, attempts=attempts,
                               created_at=created_at, started_at=started_at, updated_at=t,
                               completed_at=t, budget_started_at=budget_started_at)
-            written = yield Write(mine)
+            written = yield Write(mine, run)
             view.note(written)
             # What a replay will return: our own value when decoding would only copy it.
             result = (outcome.value if same_value and written is mine
@@ -504,7 +516,7 @@ def _run_budget(
         t = now()
         if type(error) is TypeError and _does_not_fit(handler, plan.context, plan.args):
             # A programming error, not a failure: another attempt cannot fix it.
-            written = written_back((yield Write(record(
+            written = written_back((yield Write(run=run, record=record(
                 FAILED, t, error=ErrorInfo.from_exception(error)))))
             if written.status is COMPLETED:
                 return decode_stored(codec, written)
@@ -514,7 +526,7 @@ def _run_budget(
             budget_started_at=budget_started_at, workflow_id=workflow_id, step_id=step_id,
         )
         if not decision.retry:
-            written = written_back((yield Write(record(
+            written = written_back((yield Write(run=run, record=record(
                 FAILED, t, error=ErrorInfo.from_exception(error)))))
             if written.status is COMPLETED:
                 return decode_stored(codec, written)
@@ -525,7 +537,7 @@ def _run_budget(
             # The wait is part of the schedule: record it, so that a crash during it resumes
             # the rest of it. A retry with no wait goes straight to the next attempt's RUNNING
             # marker, which carries this error and counts attempts just the same.
-            written = written_back((yield Write(record(
+            written = written_back((yield Write(run=run, record=record(
                 RETRYING, t, error=error_info, next_attempt_at=t + decision.delay))))
             if written.status is COMPLETED:
                 return decode_stored(codec, written)
@@ -533,11 +545,11 @@ def _run_budget(
 
 
 def _give_up(record: StepRecord, cause: StepInterruptedError, codec: Codec, view: WorkflowView,
-             reason: str) -> StepMachine:
+             reason: str, run: RunBinding | None) -> StepMachine:
     """Record ``record`` (FAILED) with ``cause`` and raise WorkflowStepError from it (or return
     the result of a COMPLETED record someone else wrote meanwhile)."""
     failed = dataclasses.replace(record, error=ErrorInfo.from_exception(cause))
-    written = yield Write(failed)
+    written = yield Write(failed, run)
     view.note(written)
     if written.status is COMPLETED:
         return decode_stored(codec, written)
@@ -552,7 +564,7 @@ def call_handler(command: RunAttempt) -> AttemptOutcome:
     A ``BaseException`` that is not an ``Exception`` propagates. The value is returned as it
     is, even when it is awaitable: a driver that can await does so itself.
     """
-    token = enter_step(command.step)
+    token = enter_step(command.step, command.local_id)
     try:
         value = command.handler(command.context, *command.args)
     except Exception as error:

@@ -14,8 +14,26 @@ Everything durably raises on purpose derives from :class:`DurableError`::
         │                                                 to stop retrying at once
         ├── RetryAfterError                               raise it in a handler to ask for a wait
         ├── StepTimeoutError        (also a TimeoutError) an attempt passed its policy's timeout
-        └── StepInterruptedError                          an attempt was cut off (crash, kill) and
-                                                          was the last one its budget allowed
+        ├── StepInterruptedError                          an attempt was cut off (crash, kill) and
+        │                                                 may not go on
+        ├── RunConflictError                              a run id is taken by another workflow
+        │                                                 or another input
+        ├── RunNotFoundError        (also a LookupError)  no run has that id
+        ├── WorkflowFailedError                           the run's body raised; carries the
+        │                                                 recorded ErrorInfo
+        ├── RunCancelledError                             the run was cancelled (or passed its
+        │                                                 deadline)
+        ├── RecoveryLimitError                            the run was taken over more often than
+        │                                                 max_recoveries allows
+        ├── WaitTimeoutError        (also a TimeoutError) a durable wait reached its deadline
+        └── RunClosedError                                the run is finished: nothing can be sent
+
+    BaseException
+    └── OwnershipLost                                     another owner took the run over (or it
+                                                          was cancelled): this one must stop
+
+``OwnershipLost`` is outside ``DurableError`` on purpose: it unwinds a workflow body like a
+crash would, past any ``except Exception`` in user code, so a stale owner stops at once.
 
 This module imports nothing from the package: it is the bottom layer. Every class here shows
 as ``durably.<Name>`` in tracebacks and in recorded errors (``ErrorInfo.module``), because that
@@ -36,12 +54,21 @@ __all__ = [
     "DurableError",
     "HandlerNotFoundError",
     "NonRetryableError",
+    "OwnershipLost",
+    "RecoveryLimitError",
     "RetryAfterError",
+    "RunCancelledError",
+    "RunClosedError",
+    "RunConflictError",
+    "RunNotFoundError",
     "SerializationError",
     "StepInterruptedError",
     "StepTimeoutError",
     "StorageError",
+    "WaitTimeoutError",
+    "WorkflowFailedError",
     "WorkflowStepError",
+    "describe",
 ]
 
 
@@ -259,7 +286,137 @@ class StepInterruptedError(DurableError):
         self.reason = reason
 
 
+class RunError(DurableError):
+    """Base of the errors about one workflow run; every one carries ``run_id``."""
+
+    def __init__(self, run_id: str, message: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+
+
+class RunConflictError(RunError):
+    """``start`` found the run id taken by another workflow or another input.
+
+    The stored run is untouched. Attributes: ``run_id``, ``workflow`` (the stored one),
+    ``requested`` (the workflow asked for).
+    """
+
+    def __init__(self, run_id: str, *, workflow: str, requested: str, reason: str) -> None:
+        super().__init__(run_id, f"run {run_id!r} already exists ({reason}); it is left as it"
+                                 " is: use another run id, or get_run() it")
+        self.workflow = workflow
+        self.requested = requested
+
+
+class RunNotFoundError(RunError, LookupError):
+    """No run has this id."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(run_id, f"no run {run_id!r}")
+
+
+class WorkflowFailedError(RunError):
+    """The run's body raised: the run is FAILED.
+
+    Attributes:
+        error: the recorded :class:`~durably.ErrorInfo` (type, module, message, traceback).
+            ``__cause__`` is the original exception when it failed in this process.
+    """
+
+    def __init__(self, run_id: str, error: Any) -> None:
+        what = f"{error.type}: {error.message}" if error is not None else "no error recorded"
+        super().__init__(run_id, f"run {run_id!r} failed: {what}")
+        self.error = error
+
+
+class RunCancelledError(RunError):
+    """The run was cancelled, by ``cancel()`` or because it passed its deadline.
+
+    Attributes:
+        reason: why, in words.
+    """
+
+    def __init__(self, run_id: str, reason: str = "it was cancelled") -> None:
+        super().__init__(run_id, f"run {run_id!r} is cancelled: {reason}")
+        self.reason = reason
+
+
+class RecoveryLimitError(RunError):
+    """The run was taken over after a crash more often than ``max_recoveries`` allows.
+
+    Recorded as the FAILED run's error: a poison run that kills its process every time must
+    not loop forever. ``resume()`` gives it a fresh recovery budget.
+
+    Attributes:
+        recoveries: the takeovers counted.
+    """
+
+    def __init__(self, run_id: str, recoveries: int) -> None:
+        super().__init__(run_id, f"run {run_id!r} was recovered {recoveries} times, its"
+                                 " max_recoveries, and still did not finish")
+        self.recoveries = recoveries
+
+
+class WaitTimeoutError(RunError, TimeoutError):
+    """A durable wait (``wait_for_event``) reached its recorded deadline without an event.
+
+    Attributes:
+        name: the event waited for.
+        deadline: the wait's deadline, seconds since the epoch.
+    """
+
+    def __init__(self, run_id: str, name: str, deadline: float) -> None:
+        super().__init__(run_id, f"run {run_id!r} waited for event {name!r} until its"
+                                 f" deadline {deadline}")
+        self.name = name
+        self.deadline = deadline
+
+
+class RunClosedError(RunError):
+    """The run is COMPLETED, FAILED or CANCELLED: it takes no more events.
+
+    Attributes:
+        status: the run's status value.
+    """
+
+    def __init__(self, run_id: str, status: str) -> None:
+        super().__init__(run_id, f"run {run_id!r} is {status}: it takes no more events")
+        self.status = status
+
+
+class OwnershipLost(BaseException):
+    """This process no longer owns the run it is executing: stop at once.
+
+    Raised by a fenced write (a step, the outcome, an event consumed) when another owner has
+    claimed the run since, or it was cancelled. Nothing was written. It is a ``BaseException``
+    so that it unwinds the workflow body like a crash, past ``except Exception``.
+
+    Attributes:
+        run_id: the run.
+        fence: the fencing token this owner held.
+    """
+
+    def __init__(self, run_id: str, fence: int) -> None:
+        super().__init__(f"run {run_id!r}: fence {fence} is stale; another owner has it (or it"
+                         " was cancelled); nothing was written")
+        self.run_id = run_id
+        self.fence = fence
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_base, (type(self), self.args, dict(self.__dict__)))
+
+
+def _rebuild_base(cls: type[BaseException], args: tuple[Any, ...],
+                  state: dict[str, Any]) -> Any:
+    error = cls.__new__(cls, *args)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
+
 for _public in (ConfigurationError, DurableError, HandlerNotFoundError, NonRetryableError,
-                RetryAfterError, SerializationError, StepInterruptedError, StepTimeoutError,
-                StorageError, WorkflowStepError):
+                OwnershipLost, RecoveryLimitError, RetryAfterError, RunCancelledError,
+                RunClosedError, RunConflictError, RunNotFoundError, SerializationError,
+                StepInterruptedError, StepTimeoutError, StorageError, WaitTimeoutError,
+                WorkflowFailedError, WorkflowStepError):
     _public.__module__ = "durably"

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
-    "ErrorInfo", "Pipeline", "StepContext", "StepEvent", "StepRecord", "StepStatus",
-    "new_context", "new_record",
+    "TERMINAL", "ErrorInfo", "EventRecord", "Pipeline", "RunRecord", "RunStatus", "StepContext",
+    "StepEvent", "StepRecord", "StepStatus", "new_context", "new_record", "step_kind",
 ]
 
 
@@ -241,3 +241,124 @@ class StepEvent:
     pipeline: Pipeline
     result: Any = None
     error: BaseException | None = None
+
+
+# ---------------------------------------------------------------- workflow runs
+
+
+class RunStatus(str, enum.Enum):
+    """Where a workflow run stands. The value is what storage backends persist.
+
+    ::
+
+        PENDING ---claim---> RUNNING ---body returns---> COMPLETED
+          ^  ^                | | |
+          |  |                | | +---body raises, or recoveries run out---> FAILED
+          |  +---release------+ +---long wait---> SUSPENDED ---due, claimed---> RUNNING
+          +------resume------- FAILED, CANCELLED <---cancel() or deadline--- (any but final)
+    """
+
+    PENDING = "pending"
+    """Created, released or resumed: due at ``wake_at``, for any worker to claim."""
+    RUNNING = "running"
+    """Leased by an owner (``owner``, ``lease_until``, ``fence``)."""
+    SUSPENDED = "suspended"
+    """Waiting (a long sleep or an event): due at ``wake_at``, lease released."""
+    COMPLETED = "completed"
+    """The body returned; ``result`` holds its encoded value. Final."""
+    FAILED = "failed"
+    """The body raised (or recoveries ran out); ``error`` says why. ``resume()`` retries it."""
+    CANCELLED = "cancelled"
+    """Cancelled, or past its deadline. ``resume()`` continues it."""
+
+
+TERMINAL = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
+"""The statuses in which a run executes no more (until ``resume()``)."""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """The stored state of one workflow run.
+
+    Attributes:
+        run_id: the run's id (its idempotency key).
+        workflow: the registered workflow name.
+        status: where the run stands.
+        input: the encoded input (a codec string).
+        input_hash: sha256 of the input's canonical JSON (compared by ``start``).
+        result: the encoded result once COMPLETED.
+        error: why it FAILED (or was cancelled by its deadline), else ``None``.
+        code_version: the ``code_version`` of the runtime that started it.
+        owner: the executor id holding the lease, while RUNNING.
+        lease_until: when that lease ends (seconds since the epoch).
+        fence: the fencing token: incremented by every claim and cancel.
+        recovery_count: takeovers of an expired lease since the last ``resume()``.
+        max_recoveries: how many takeovers are allowed before it FAILS.
+        parent_run_id: the run that started this one as a child, if any.
+        forked_from: the run this one was forked from, if any.
+        deadline: when it is cancelled if not finished (from ``timeout=``), else ``None``.
+        wake_at: when a PENDING or SUSPENDED run is due.
+        waiting_for: what a SUSPENDED run waits for (an event name), else ``None``.
+        created_at: when it was created.
+        updated_at: when it last changed.
+        completed_at: when it reached a terminal status.
+    """
+
+    run_id: str
+    workflow: str
+    status: RunStatus
+    input: str
+    input_hash: str
+    result: str | None = None
+    error: ErrorInfo | None = None
+    code_version: str | None = None
+    owner: str | None = None
+    lease_until: float | None = None
+    fence: int = 0
+    recovery_count: int = 0
+    max_recoveries: int = 10
+    parent_run_id: str | None = None
+    forked_from: str | None = None
+    deadline: float | None = None
+    wake_at: float | None = None
+    waiting_for: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    completed_at: float | None = None
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """One event in a run's inbox.
+
+    Attributes:
+        seq: the store's sequence number (FIFO order).
+        run_id: the run it was sent to.
+        name: the event name a wait asks for.
+        key: the sender's idempotency key (a repeated key stores nothing), or ``None``.
+        payload: the encoded data.
+        sent_at: when it was sent (it wins a wait whose deadline is at or after this).
+        consumed_by: the wait step that consumed it, or ``None``.
+        consumed_at: when it was consumed.
+    """
+
+    seq: int
+    run_id: str
+    name: str
+    key: str | None
+    payload: str
+    sent_at: float
+    consumed_by: str | None = None
+    consumed_at: float | None = None
+
+
+_KINDS = {"durably.sleep": "sleep", "durably.wait": "wait", "durably.publish": "publish",
+          "durably.start": "start", "durably.send": "send"}
+
+
+def step_kind(action: str) -> str:
+    """The kind of a step from its action: ``"step"``, or the built-in kinds durably records
+    under ``durably.<kind>:<name>`` (``sleep``, ``wait``, ``publish``, ``start``, ``send``)."""
+    if action.startswith("durably."):
+        return _KINDS.get(action.split(":", 1)[0], "step")
+    return "step"

@@ -146,6 +146,10 @@ def validate_action_name(name: object) -> str:
             f" 'Payment.charge'; got {name!r}",
             field="action",
         )
+    if name.split(".", 1)[0] == "durably":
+        raise ConfigurationError(
+            f"action {name!r}: the domain 'durably' is reserved for the steps durably records"
+            " itself (sleeps, waits, published values, child runs)", field="action")
     return check_text(name, "action")
 
 
@@ -183,11 +187,12 @@ class _Subscription:
 
 
 class Registry:
-    """Actions by name and event subscriptions. Thread-safe."""
+    """Actions and workflows by name, and event subscriptions. Thread-safe."""
 
     def __init__(self, *, accepts_async: bool) -> None:
         self.accepts_async = accepts_async
         self._actions: dict[str, Handler] = {}
+        self._workflows: dict[str, Any] = {}
         self._subscriptions: list[_Subscription] = []
         self._lock = threading.Lock()
 
@@ -224,6 +229,27 @@ class Registry:
         if handler is None:
             raise HandlerNotFoundError(name)
         return handler
+
+    def register_workflow(self, name: str, spec: Any) -> None:
+        """Register a workflow (``spec.function`` under ``name``); registering a different
+        function under a taken name is an error."""
+        validate_action_name(name)
+        with self._lock:
+            existing = self._workflows.get(name)
+            if existing is not None and existing.function is not spec.function:
+                raise ConfigurationError(
+                    f"workflow {name!r} is already registered to"
+                    f" {callable_name(existing.function)}", field="name")
+            self._workflows[name] = spec
+
+    def workflow(self, name: str) -> Any:
+        """Return the workflow registered as ``name``, or ``None``."""
+        return self._workflows.get(name)
+
+    def workflow_names(self) -> list[str]:
+        """Return the names of every registered workflow."""
+        with self._lock:
+            return list(self._workflows)
 
     def subscribe(self, pattern: str, handler: Handler) -> Callable[[], None]:
         """Subscribe ``handler`` to events matching ``pattern``; return ``unsubscribe()``."""

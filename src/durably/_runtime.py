@@ -8,9 +8,10 @@ import contextvars
 import threading
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar, overload
 
 from ._clock import Clock, SystemClock
+from ._context import enter_run, leave_run
 from ._core import (
     AttemptOutcome,
     ReadHistory,
@@ -22,80 +23,31 @@ from ._core import (
     call_handler,
     logger,
 )
-from ._errors import StepTimeoutError
+from ._errors import StepTimeoutError, StorageError
+from ._handles import RunHandle, Worker, Workflow
 from ._records import Pipeline, StepRecord
 from ._retry import RetryPolicy
-from ._runtime_base import RuntimeBase
+from ._runtime_base import RuntimeBase, check_poll
 from ._step import StepFunction
-
-if TYPE_CHECKING:
-    from concurrent.futures import ThreadPoolExecutor
+from ._threads import Family
+from ._workflows import (
+    BodyOutcome,
+    Dispatch,
+    ExecuteRun,
+    Pause,
+    RunBody,
+    StoreCall,
+    body_outcome,
+    op_serve_pass,
+    run_machine,
+)
 
 __all__ = ["DurableWorkflowRuntime"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
-
-
-class _Deliveries:
-    """The background work of ``send``: a small thread pool and a count of what is in flight."""
-
-    def __init__(self, workers: int = 4) -> None:
-        self._workers = workers
-        self._executor: ThreadPoolExecutor | None = None
-        self._pending = 0
-        self._idle = threading.Condition()
-        self._closed = False
-
-    def submit(self, work: Callable[[], None]) -> None:
-        with self._idle:
-            if self._closed:
-                raise RuntimeError("the runtime is closed")
-            if self._executor is None:
-                # Imported here: programs that never send do not pay for concurrent.futures.
-                from concurrent.futures import ThreadPoolExecutor
-
-                self._executor = ThreadPoolExecutor(self._workers,
-                                                    thread_name_prefix="durably-send")
-            self._pending += 1
-        context = contextvars.copy_context()
-
-        def run() -> None:
-            try:
-                context.run(work)
-            finally:
-                self._finished()
-
-        try:
-            self._executor.submit(run)
-        except BaseException:
-            self._finished()
-            raise
-
-    def _finished(self) -> None:
-        with self._idle:
-            self._pending -= 1
-            self._idle.notify_all()
-
-    def flush(self, timeout: float | None) -> bool:
-        with self._idle:
-            return bool(self._idle.wait_for(lambda: self._pending == 0, timeout))
-
-    def close(self) -> None:
-        with self._idle:
-            self._closed = True
-            executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=True)
-
-
-class _Family:
-    """What a runtime shares with its ``for_workflow`` siblings besides its options."""
-
-    def __init__(self) -> None:
-        self.closed = False
-        self.deliveries = _Deliveries()
+I = TypeVar("I")  # noqa: E741 - a workflow's input
 
 
 class DurableWorkflowRuntime(RuntimeBase):
@@ -122,11 +74,20 @@ class DurableWorkflowRuntime(RuntimeBase):
     def _default_clock(self) -> Clock:
         return SystemClock()
 
-    def _new_family(self) -> _Family:
-        return _Family()
+    def _new_family(self) -> Family:
+        return Family(self.max_runs, self.lease / 3)
 
     def _finished(self, value: Any) -> Any:
         return value
+
+    def _then(self, result: Any, after: Callable[[Any], Any]) -> Any:
+        return after(result)
+
+    def _handle(self, run_id: str) -> RunHandle[Any]:
+        return RunHandle(self, run_id)
+
+    def _op_handler(self, make_op: Callable[[], Any], post: Callable[[Any], Any]) -> Any:
+        return lambda _data: post(self._drive(make_op()))
 
     # ------------------------------------------------------------ the three levels
 
@@ -232,24 +193,97 @@ class DurableWorkflowRuntime(RuntimeBase):
 
     # ------------------------------------------------------------ lifecycle
 
+    def workflow(self, name: str, *, max_recoveries: int = 10, timeout: float | None = None
+                 ) -> Callable[[Callable[[I], R]], Workflow[I, R]]:
+        """Decorator: register a workflow under ``name`` (stored with every run: keep it
+        stable) and return a :class:`Workflow` (``start``, ``run``, call).
+
+        Args:
+            name: the workflow's name, ``"Domain.name"``.
+            max_recoveries: takeovers of an expired lease allowed before the run FAILS with
+                ``RecoveryLimitError`` (a run executes at most ``1 + max_recoveries`` times).
+            timeout: seconds from start after which the run is CANCELLED at its next step.
+
+        Raises:
+            ConfigurationError: a bad name or option, a name taken by another function, an
+                ``async def`` (it needs the asyncio runtime), or a storage without runs.
+        """
+        return self._workflow_decorator(name, max_recoveries, timeout, Workflow)
+
+    def serve(self, poll: float = 1.0) -> None:
+        """Work as a worker: claim due runs and execute them, until :meth:`close` is called
+        (from another thread or a signal handler) or KeyboardInterrupt; then hand back the
+        runs not finished, as ``close()`` does. Waits at most ``poll`` seconds between
+        claims (less when a run is due sooner, or something changes in this process)."""
+        stop = threading.Event()
+        try:
+            self._serve(poll, stop)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            if not self._family.closed:  # close() has handed them back already
+                self._hand_back()
+
+    def start_worker(self, poll: float = 1.0) -> Worker:
+        """Run :meth:`serve`'s loop in a background thread; ``worker.stop()`` ends it."""
+        stop = threading.Event()
+        thread = threading.Thread(target=self._serve, args=(poll, stop),
+                                  name="durably-worker", daemon=True)
+
+        def stop_worker(timeout: float | None) -> None:
+            stop.set()
+            self._family.notify()
+            thread.join(timeout)
+            self._hand_back()
+
+        thread.start()
+        return Worker(stop_worker, thread.is_alive)
+
+    def _serve(self, poll: float, stop: threading.Event) -> None:
+        poll = check_poll(poll)
+        family: Family = self._family
+        while not (family.closed or stop.is_set()):
+            try:
+                wait = self._drive(op_serve_pass(self, family.capacity(), poll))
+            except StorageError:
+                logger().exception("durably: a worker pass failed; trying again")
+                wait = poll
+            if not (family.closed or stop.is_set()):
+                family.wait(wait)
+
+    def _hand_back(self) -> None:
+        self._family.hand_back(self.shutdown_timeout, self._release)
+
+    def _release(self, run_id: str, fence: int) -> None:
+        try:
+            self._runs.release(run_id, fence, self._now())
+        except Exception:  # closing anyway: the lease will run out and another takes it
+            logger().exception("durably: could not hand back run %s", run_id)
+
     def flush(self, timeout: float | None = None) -> bool:
         """Wait for in-flight ``send`` deliveries; ``False`` if ``timeout`` passed first.
 
         Do not call it from inside a subscriber: it would wait for itself.
         """
-        family: _Family = self._family
+        family: Family = self._family
         return family.deliveries.flush(timeout)
 
     def close(self) -> None:
-        """Wait for deliveries, stop the worker pool and close the storage. Idempotent.
+        """Stop claiming runs, wait up to ``shutdown_timeout`` for the runs executing here and
+        hand the others back (PENDING, no recovery counted), wait for deliveries, and close
+        the storage. Idempotent.
 
         Runtimes made by :meth:`for_workflow` share the storage, so closing one closes it for
         all of them.
         """
-        family: _Family = self._family
+        family: Family = self._family
+        if not family.closed:
+            family.closed = True
+            family.notify()
+            self._hand_back()
+            family.shutdown()
         family.deliveries.flush(None)
         family.deliveries.close()
-        family.closed = True
         self._storage.close()
 
     def __enter__(self) -> DurableWorkflowRuntime:
@@ -289,6 +323,38 @@ class DurableWorkflowRuntime(RuntimeBase):
         finally:
             machine.close()
 
+    def _store_call(self, command: StoreCall) -> Any:
+        return command.method(*command.args, **command.kwargs)
+
+    def _pause(self, command: Pause) -> None:
+        self._family.wait(command.seconds)
+
+    def _execute_run(self, command: ExecuteRun) -> None:
+        claimed = command.claimed
+        family: Family = self._family
+        family.track(claimed.run_id, claimed.fence, self._renew)
+        try:
+            self._drive(run_machine(self, claimed))
+        finally:
+            family.untrack(claimed.run_id)
+
+    def _dispatch_run(self, command: Dispatch) -> None:
+        claimed = command.claimed
+        self._family.submit_run(claimed.run_id, claimed.fence,
+                                lambda: self._execute_run(ExecuteRun(claimed)), self._release)
+
+    def _run_body(self, command: RunBody) -> BodyOutcome:
+        token = enter_run(command.scope)
+        try:
+            return BodyOutcome(value=command.function(command.input))
+        except BaseException as error:
+            return body_outcome(error)
+        finally:
+            leave_run(token)
+
+    def _renew(self, leases: dict[str, int]) -> set[str]:
+        return self._runs.renew(self.executor_id, leases, self._now(), self.lease)
+
     def _read_history(self, command: ReadHistory) -> None:
         view = command.view
         with view.lock:  # threads making their first calls at once share one read
@@ -296,7 +362,10 @@ class DurableWorkflowRuntime(RuntimeBase):
                 view.fill(self._storage.list(workflow_id=view.workflow_id))
 
     def _write(self, command: Write) -> StepRecord:
-        return self._storage.set(command.record)
+        run = command.run
+        if run is None:
+            return self._storage.set(command.record)
+        return self._runs.record_step(run.run_id, run.fence, command.record)
 
     def _sleep(self, command: Sleep) -> None:
         self._clock.sleep(command.seconds)
@@ -334,4 +403,10 @@ _ANSWERS: dict[type, Callable[[DurableWorkflowRuntime, Any], Any]] = {
     Write: DurableWorkflowRuntime._write,
     Sleep: DurableWorkflowRuntime._sleep,
     RunAttempt: DurableWorkflowRuntime._attempt,
+    StoreCall: DurableWorkflowRuntime._store_call,
+    Pause: DurableWorkflowRuntime._pause,
+    ExecuteRun: DurableWorkflowRuntime._execute_run,
+    Dispatch: DurableWorkflowRuntime._dispatch_run,
+    RunBody: DurableWorkflowRuntime._run_body,
 }
+

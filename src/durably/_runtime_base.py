@@ -15,7 +15,13 @@ from typing import Any, ClassVar, TypeVar
 
 from ._clock import Clock
 from ._codec import Codec, JsonCodec, codec_types
-from ._context import ActiveStep, Scope, active_step
+from ._context import (
+    ActiveStep,
+    DeadlinePassed,
+    Scope,
+    active_scope,
+    active_step,
+)
 from ._core import (
     Hooks,
     StepHooks,
@@ -39,10 +45,11 @@ from ._registry import (
     validate_action_name,
 )
 from ._retry import RetryPolicy
+from ._runs_api import RunsApi, check_seconds
 from ._step import StepFunctionBase
-from ._storage import StepStorage, default_storage
+from ._storage import RunStorage, StepStorage, default_storage
 
-__all__ = ["MODES", "RuntimeBase", "fresh_id"]
+__all__ = ["MODES", "RuntimeBase", "check_poll", "fresh_id"]
 
 MODES = ("do", "try", "send")
 
@@ -77,13 +84,43 @@ def _check_workflow_id(workflow_id: object) -> str:
     return check_text(workflow_id, "workflow_id")
 
 
+def check_poll(poll: object) -> float:
+    """A worker loop's ``poll``: seconds > 0."""
+    if not isinstance(poll, (int, float)) or isinstance(poll, bool) or not 0 < poll < 86400:
+        raise ConfigurationError(f"poll must be a number of seconds > 0, got {poll!r}",
+                                 field="poll")
+    return float(poll)
+
+
+def _default_executor_id() -> str:
+    """Host name, process id and a random suffix: unique to this runtime."""
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+
+
+class _NoRunStorage:
+    """Stands in for a storage that stores steps only: any run operation says what is
+    missing (adapters that only store steps keep working for everything else)."""
+
+    def __init__(self, storage: object) -> None:
+        self._storage = storage
+
+    def __getattr__(self, name: str) -> Any:
+        raise ConfigurationError(
+            f"{type(self._storage).__name__} stores steps only; workflow runs need a storage"
+            " that implements RunStorage (InMemoryStepStorage, SqliteStepStorage, or an"
+            " adapter that passes durably.testing.RunStorageContract)", field="storage")
+
+
 def fresh_id(prefix: str) -> str:
     """Return a random id for a call that is never stored (a send delivery)."""
     return f"{prefix}_{os.urandom(16).hex()}"
 
 
-class RuntimeBase:
-    """Options, registration and call planning shared by both runtime flavours.
+class RuntimeBase(RunsApi):
+    """Options, registration and call planning shared by both runtime flavours (workflow
+    runs come from :class:`RunsApi`).
 
     The constructor's parameters are documented on each flavour's class.
     """
@@ -102,6 +139,11 @@ class RuntimeBase:
         hooks: StepHooks | None = None,
         clock: Clock | None = None,
         codec: Codec | None = None,
+        executor_id: str | None = None,
+        lease: float = 60.0,
+        max_runs: int = 8,
+        code_version: str | None = None,
+        shutdown_timeout: float = 10.0,
     ) -> None:
         if storage is None:
             storage = default_storage()
@@ -135,8 +177,21 @@ class RuntimeBase:
         self._clock: Clock = clock if clock is not None else self._default_clock()
         self._codec: Codec = codec if codec is not None else JsonCodec()
         self._registry = Registry(accepts_async=self._accepts_async)
-        self._family = self._new_family()
         self._scope = Scope(_check_workflow_id(workflow_id))
+        self._runs: RunStorage = storage if isinstance(storage, RunStorage) \
+            else _NoRunStorage(storage)
+        self.executor_id = _default_executor_id() if executor_id is None \
+            else check_text(executor_id, "executor_id")
+        self.lease = check_seconds(lease, "lease", positive=True)
+        if not isinstance(max_runs, int) or isinstance(max_runs, bool) or max_runs < 1:
+            raise ConfigurationError(f"max_runs must be an int >= 1, got {max_runs!r}",
+                                     field="max_runs")
+        self.max_runs = max_runs
+        self.code_version = None if code_version is None \
+            else check_text(code_version, "code_version")
+        self.shutdown_timeout = check_seconds(shutdown_timeout, "shutdown_timeout",
+                                               positive=False)
+        self._family = self._new_family()
 
     # ------------------------------------------------------------ what each flavour adds
 
@@ -208,6 +263,12 @@ class RuntimeBase:
         sibling._registry = self._registry
         sibling._family = self._family
         sibling._scope = Scope(_check_workflow_id(workflow_id))
+        sibling._runs = self._runs
+        sibling.executor_id = self.executor_id
+        sibling.lease = self.lease
+        sibling.max_runs = self.max_runs
+        sibling.code_version = self.code_version
+        sibling.shutdown_timeout = self.shutdown_timeout
         return sibling
 
     # ------------------------------------------------------------ registration
@@ -308,13 +369,26 @@ class RuntimeBase:
         raise ConfigurationError(
             f"an action is a registered name or a callable, got {action!r}", field="action")
 
-    def _hash_call(self, name: str, data: Any, args: tuple[Any, ...], mode: str,
+    def _current_scope(self) -> Scope:
+        """The scope a call made now belongs to: the running run's, else this runtime's.
+
+        Inside a run, a call is also a step boundary: a run past its deadline stops here.
+        """
+        scope = active_scope()
+        if scope is None:
+            return self._scope
+        run = scope.run
+        if run is not None and run.deadline is not None and self._clock.now() > run.deadline:
+            raise DeadlinePassed
+        return scope
+
+    def _hash_call(self, scope: Scope, name: str, data: Any, args: tuple[Any, ...], mode: str,
                    roots: tuple[str, str]) -> tuple[str, ActiveStep | None]:
         """Hash a call in its scope (under its parent step, when a handler makes it)."""
         active = active_step()
-        parent = None if active is None else active.context.step_id
+        parent = None if active is None else active.local_id
         try:
-            base = call_hash(self._scope.workflow_id, parent, name, data, args, mode=mode,
+            base = call_hash(scope.hash_id, parent, name, data, args, mode=mode,
                              roots=roots, types=codec_types(self._codec))
         except SerializationError as error:
             raise error.named(
@@ -328,40 +402,45 @@ class RuntimeBase:
                  handler: Handler | None = None,
                  roots: tuple[str, str] = ("data", "args")) -> StepPlan:
         name, callable_handler = self._resolve(action, stored=step_id is None)
-        scope = self._scope
+        scope = self._current_scope()
         base = counter = None
         number = 0
         if step_id is None:
-            base, active = self._hash_call(name, data, args, "do", roots)
+            base, active = self._hash_call(scope, name, data, args, "do", roots)
             counter = scope.counter if active is None else active.children
             number = counter.take(base)
-            step_id = numbered(base, number)
+            local_id = numbered(base, number)
+            step_id = scope.prefix + local_id
         else:
             step_id = _scoped_key(scope, step_id)
+            local_id = step_id[len(scope.workflow_id) + 1:]
         return StepPlan(step_id=step_id, workflow_id=scope.workflow_id, action=name,
                         context=data, args=args, policy=_check_retry(retry) or self._policy,
                         mode="do", view=scope.view, handler=handler or callable_handler,
                         lookup=self._registry.lookup, context_hash=base, counter=counter,
-                        number=number)
+                        number=number, run=scope.run, local_id=local_id)
 
     def _plan_try(self, action: object, data: Any, args: tuple[Any, ...],
                   step_id: str | None, *, handler: Handler | None = None,
                   roots: tuple[str, str] = ("data", "args")) -> StepPlan:
         name, callable_handler = self._resolve(action, stored=False)
+        scope = self._current_scope()
         base = None
         if step_id is None:
             # try_ stores nothing, so an id is only for hooks and the idempotency key: hash it
             # when the data allows (stable), else use a fresh one rather than fail the call.
             try:
-                base = step_id = self._hash_call(name, data, args, "try", roots)[0]
+                base = self._hash_call(scope, name, data, args, "try", roots)[0]
+                step_id = scope.prefix + base
             except SerializationError:
                 step_id = fresh_id("try")
         else:
-            step_id = _scoped_key(self._scope, step_id)
-        return StepPlan(step_id=step_id, workflow_id=self._scope.workflow_id, action=name,
+            step_id = _scoped_key(scope, step_id)
+        return StepPlan(step_id=step_id, workflow_id=scope.workflow_id, action=name,
                         context=data, args=args, policy=self._policy, mode="try",
                         handler=handler or callable_handler, lookup=self._registry.lookup,
-                        context_hash=base)
+                        context_hash=base, run=scope.run,
+                        local_id=step_id[len(scope.prefix):])
 
     def _plan_execute(self, step_id: str, pipeline: Pipeline, args: Sequence[Any], mode: str,
                       retry: RetryPolicy | None) -> StepPlan:

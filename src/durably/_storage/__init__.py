@@ -9,13 +9,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._base import StepStorage, is_blocking
+from ._runs import RunStorage
 
 if TYPE_CHECKING:
     from ._memory import InMemoryStepStorage
     from ._sqlite import SqliteStepStorage
 
 __all__ = [
-    "InMemoryStepStorage", "SqliteStepStorage", "StepStorage", "default_storage", "is_blocking",
+    "InMemoryStepStorage", "RunStorage", "SqliteStepStorage", "StepStorage", "default_storage",
+    "is_blocking",
 ]
 
 

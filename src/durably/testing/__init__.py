@@ -16,8 +16,12 @@ from .._retry import RetryPolicy
 from .._runtime import DurableWorkflowRuntime
 from .._storage import InMemoryStepStorage
 from ._contract import StorageContract
+from ._run_contract import RunStorageContract
 
-__all__ = ["FakeClock", "StorageContract", "create_async_test_runtime", "create_test_runtime"]
+__all__ = [
+    "FakeClock", "RunStorageContract", "StorageContract", "create_async_test_runtime",
+    "create_test_runtime",
+]
 
 
 class FakeClock:

@@ -10,9 +10,21 @@ import json
 from typing import Any
 
 from ..._errors import StorageError
-from ..._records import ErrorInfo, StepRecord, StepStatus, new_record
+from ..._records import (
+    ErrorInfo,
+    EventRecord,
+    RunRecord,
+    RunStatus,
+    StepRecord,
+    StepStatus,
+    new_record,
+)
+from ._schema import RUN_COLUMNS
 
-__all__ = ["not_text", "record_to_row", "row_to_record"]
+__all__ = ["not_text", "record_to_row", "row_to_event", "row_to_record", "row_to_run",
+           "run_to_row"]
+
+_new_object = object.__new__
 
 _STATUSES = {status.value: status for status in StepStatus}
 _TEXT_FIELDS = ("step_id", "workflow_id", "action")
@@ -92,3 +104,71 @@ def row_to_record(row: tuple[Any, ...], where: str) -> StepRecord:
             f"corrupt record for step {step_id!r} in {where}: {problem}",
             path=where, step_id=str(step_id),
         ) from problem
+
+
+# ---------------------------------------------------------------- runs and events
+
+_RUN_STATUSES = {status.value: status for status in RunStatus}
+
+
+def run_to_row(run: RunRecord) -> tuple[Any, ...]:
+    """Return ``run`` as a row in ``RUN_COLUMNS`` order (the error as JSON text)."""
+    error = None if run.error is None else json.dumps(run.error.to_dict())
+    return (
+        run.run_id, run.workflow, run.status.value, run.input, run.input_hash, run.result,
+        error, run.code_version, run.owner, run.lease_until, run.fence, run.recovery_count,
+        run.max_recoveries, run.parent_run_id, run.forked_from, run.deadline, run.wake_at,
+        run.waiting_for, run.created_at, run.updated_at, run.completed_at,
+    )
+
+
+def row_to_run(row: tuple[Any, ...], where: str) -> RunRecord:
+    """Return the run a row in ``RUN_COLUMNS`` order holds.
+
+    Raises:
+        StorageError: the row is not a valid run; names the run and the field.
+    """
+    run_id = row[0]
+    try:
+        status = _RUN_STATUSES.get(row[2])
+        if status is None:
+            raise ValueError(f"unknown status {row[2]!r}")
+        for index, field in ((10, "fence"), (11, "recovery_count"), (12, "max_recoveries")):
+            if type(row[index]) is not int or row[index] < 0:
+                raise TypeError(f"{field} must be an integer >= 0, not {row[index]!r}")
+        for index, field in ((1, "workflow"), (3, "input"), (4, "input_hash")):
+            if type(row[index]) is not str:
+                raise TypeError(f"{field} must be text, not {row[index]!r}")
+        for index, field, required in ((9, "lease_until", False), (15, "deadline", False),
+                                       (16, "wake_at", False), (18, "created_at", True),
+                                       (19, "updated_at", True), (20, "completed_at", False)):
+            _time(row, index, field, required)
+        error = None if row[6] is None else ErrorInfo.from_dict(json.loads(row[6]))
+        # Filled in one call, not through the frozen dataclass's __init__ (one setattr per
+        # field): every claim and outcome reads a run back. Equal to RunRecord(**fields).
+        run: RunRecord = _new_object(RunRecord)
+        run.__dict__.update(zip(RUN_COLUMNS, row, strict=True))
+        run.__dict__.update(status=status, error=error)
+        return run
+    except (ValueError, KeyError, TypeError, AttributeError) as problem:
+        raise StorageError(f"corrupt run {run_id!r} in {where}: {problem}",
+                           path=where) from problem
+
+
+def row_to_event(row: tuple[Any, ...], where: str) -> EventRecord:
+    """Return the event a row in ``EVENT_COLUMNS`` order holds.
+
+    Raises:
+        StorageError: the row is not a valid event.
+    """
+    try:
+        if type(row[0]) is not int or type(row[4]) is not str:
+            raise TypeError("seq must be an integer and payload text")
+        _time(row, 5, "sent_at", True)
+        _time(row, 7, "consumed_at", False)
+        return EventRecord(seq=row[0], run_id=row[1], name=row[2], key=row[3],
+                           payload=row[4], sent_at=row[5], consumed_by=row[6],
+                           consumed_at=row[7])
+    except (ValueError, TypeError) as problem:
+        raise StorageError(f"corrupt event {row[0]!r} of run {row[1]!r} in {where}:"
+                           f" {problem}", path=where) from problem

@@ -14,8 +14,8 @@ from __future__ import annotations
 import re
 
 __all__ = [
-    "MIGRATIONS", "OWN_SHAPES", "SCHEMA_VERSION", "STEP_COLUMNS", "STEP_SHAPE", "TableNames",
-    "check_identifier",
+    "EVENT_COLUMNS", "MIGRATIONS", "OWN_SHAPES", "RUN_COLUMNS", "SCHEMA_VERSION",
+    "STEP_COLUMNS", "STEP_SHAPE", "TableNames", "check_identifier",
 ]
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
@@ -25,10 +25,19 @@ STEP_COLUMNS = (
     "step_id", "workflow_id", "action", "status", "result", "error", "attempts", "created_at",
     "started_at", "updated_at", "completed_at", "next_attempt_at", "budget_started_at",
 )
+RUN_COLUMNS = (
+    "run_id", "workflow", "status", "input", "input_hash", "result", "error", "code_version",
+    "owner", "lease_until", "fence", "recovery_count", "max_recoveries", "parent_run_id",
+    "forked_from", "deadline", "wake_at", "waiting_for", "created_at", "updated_at",
+    "completed_at",
+)
+EVENT_COLUMNS = ("seq", "run_id", "name", "key", "payload", "sent_at", "consumed_by",
+                 "consumed_at")
 # How durably's own tables are recognised in a file, under any table name: by the columns
 # they have (a later version may add columns, never remove these).
 STEP_SHAPE = frozenset(STEP_COLUMNS)
-OWN_SHAPES: tuple[frozenset[str], ...] = (STEP_SHAPE,)
+OWN_SHAPES: tuple[frozenset[str], ...] = (STEP_SHAPE, frozenset(RUN_COLUMNS),
+                                          frozenset(EVENT_COLUMNS))
 
 _STEPS_V2 = """CREATE TABLE {steps} (
     seq INTEGER PRIMARY KEY,
@@ -76,6 +85,54 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "DROP TABLE {steps}_v1",
         # A workflow's history, in call order: list(workflow_id=...) reads this index.
         "CREATE INDEX {steps}_by_workflow ON {steps} (workflow_id, seq)",
+        # Workflow runs (additive): one row per run, keyed by its id.
+        """CREATE TABLE IF NOT EXISTS {runs} (
+            seq INTEGER PRIMARY KEY,
+            run_id TEXT NOT NULL UNIQUE,
+            workflow TEXT NOT NULL,
+            status TEXT NOT NULL,
+            input TEXT NOT NULL,
+            input_hash TEXT NOT NULL,
+            result TEXT,
+            error TEXT,
+            code_version TEXT,
+            owner TEXT,
+            lease_until REAL,
+            fence INTEGER NOT NULL,
+            recovery_count INTEGER NOT NULL,
+            max_recoveries INTEGER NOT NULL,
+            parent_run_id TEXT,
+            forked_from TEXT,
+            deadline REAL,
+            wake_at REAL,
+            waiting_for TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            completed_at REAL
+        )""",
+        # The due scan (claim, run_due, next_wake_at) and the expiry scan read only these
+        # partial indexes, so their cost does not grow with runs that are not due.
+        "CREATE INDEX IF NOT EXISTS {runs}_due ON {runs} (wake_at)"
+        " WHERE status IN ('pending', 'suspended')",
+        "CREATE INDEX IF NOT EXISTS {runs}_expiry ON {runs} (lease_until)"
+        " WHERE status = 'running'",
+        "CREATE INDEX IF NOT EXISTS {runs}_by_workflow ON {runs} (workflow, seq)",
+        "CREATE INDEX IF NOT EXISTS {runs}_by_status ON {runs} (status, seq)",
+        # The inboxes: one row per event sent to a run.
+        """CREATE TABLE IF NOT EXISTS {events} (
+            seq INTEGER PRIMARY KEY,
+            run_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            key TEXT,
+            payload TEXT NOT NULL,
+            sent_at REAL NOT NULL,
+            consumed_by TEXT,
+            consumed_at REAL,
+            UNIQUE (run_id, name, key)
+        )""",
+        "CREATE INDEX IF NOT EXISTS {events}_unconsumed ON {events} (run_id, name, seq)"
+        " WHERE consumed_by IS NULL",
+        "CREATE INDEX IF NOT EXISTS {events}_by_run ON {events} (run_id, seq)",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -87,17 +144,25 @@ def check_identifier(name: object) -> bool:
 
 
 class TableNames:
-    """The names of a store's tables, derived from the steps table's name.
+    """The names of a store's tables, derived from the steps table's name: ``durably_steps``
+    goes with ``durably_runs`` and ``durably_events``; a ``table=`` not ending in ``_steps``
+    (``jobs``) with ``jobs_runs`` and ``jobs_events``.
 
     Attributes:
         steps: the steps table (``table=`` of the storage).
+        runs: the runs table.
+        events: the events table.
     """
 
-    __slots__ = ("steps",)
+    __slots__ = ("events", "runs", "steps")
 
     def __init__(self, steps: str) -> None:
+        prefix = steps[: -len("_steps")] if steps.endswith("_steps") and steps != "_steps" \
+            else steps
         self.steps = steps
+        self.runs = f"{prefix}_runs"
+        self.events = f"{prefix}_events"
 
     def format(self, statement: str) -> str:
         """Return ``statement`` with its ``{steps}``-style placeholders filled in."""
-        return statement.format(steps=self.steps)
+        return statement.format(steps=self.steps, runs=self.runs, events=self.events)

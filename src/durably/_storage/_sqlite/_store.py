@@ -33,6 +33,7 @@ from ._connection import (
     tune,
 )
 from ._rows import not_text, record_to_row, row_to_record
+from ._runs import RunTables
 from ._schema import SCHEMA_VERSION, STEP_COLUMNS, TableNames, check_identifier
 
 __all__ = ["MAX_BUSY_TIMEOUT", "SqliteStepStorage"]
@@ -45,14 +46,17 @@ _COLUMNS = ", ".join(STEP_COLUMNS)
 _PLACEHOLDERS = ", ".join("?" * len(STEP_COLUMNS))
 
 
-class SqliteStepStorage:
-    """Step records in one SQLite file. Thread-safe and multi-process-safe on one machine.
+class SqliteStepStorage(RunTables):
+    """Step records, workflow runs and their inboxes in one SQLite file. Thread-safe and
+    multi-process-safe on one machine; implements ``StepStorage`` and ``RunStorage``.
 
     Args:
         path: the database file (created with mode 0600 if missing), or ``":memory:"``.
         durability: ``"normal"`` survives any process crash; ``"full"`` also survives power
             loss, at the cost of an fsync per outcome.
-        table: the table that holds the step records (a plain identifier).
+        table: the table that holds the step records (a plain identifier); the runs and
+            events tables are named after it (``durably_steps``: ``durably_runs``,
+            ``durably_events``; ``jobs``: ``jobs_runs``, ``jobs_events``).
         busy_timeout: seconds to wait for another connection's write lock before failing.
         readonly: open an existing store for reading only (see :meth:`open_readonly`).
 
@@ -105,6 +109,7 @@ class SqliteStepStorage:
         self._names = TableNames(table)
         self._lock = threading.RLock()
         self._build_statements()
+        self._build_run_statements()
         self._conn: sqlite3.Connection | None = None
         self._outcome_conn: sqlite3.Connection | None = None
         if self.readonly:

@@ -1,0 +1,237 @@
+"""The workflow-run half of what both runtime flavours share (a mixin of ``RuntimeBase``).
+
+``@runtime.workflow``, ``start``, ``get_run``, ``list_runs``, ``recover`` and ``run_due``,
+and what run handles call: each builds an operation of ``_workflows.py`` and hands it to the
+flavour's driver, so the sync and asyncio runtimes share every rule about runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from typing import Any, ClassVar
+
+from ._clock import Clock
+from ._codec import Codec
+from ._context import Scope, active_scope, current_step
+from ._errors import ConfigurationError
+from ._records import RunStatus
+from ._registry import Registry, callable_name, check_text, is_async_callable, validate_action_name
+from ._retry import MAX_SECONDS
+from ._storage import RunStorage, StepStorage
+from ._workflows import (
+    WorkflowSpec,
+    op_cancel,
+    op_get_run,
+    op_list_runs,
+    op_recover,
+    op_result,
+    op_resume,
+    op_run,
+    op_run_due,
+    op_start,
+    op_status,
+    op_steps,
+)
+
+__all__ = ["RunsApi", "check_seconds"]
+
+
+def check_seconds(value: object, name: str, *, positive: bool) -> float:
+    """A duration option: a number of seconds (> 0, or >= 0), at most ``MAX_SECONDS``."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) \
+            or not (value > 0 if positive else value >= 0) or value > MAX_SECONDS:
+        rule = "> 0" if positive else ">= 0"
+        raise ConfigurationError(
+            f"{name} must be a number of seconds {rule} and at most {MAX_SECONDS:g},"
+            f" got {value!r}", field=name)
+    return float(value)
+
+
+class RunsApi:
+    """Workflow runs, for both flavours. Needs the base's storage, registry, clock and
+    driver."""
+
+    _accepts_async: ClassVar[bool]
+    _runs: RunStorage
+    _storage: StepStorage
+    _codec: Codec
+    _registry: Registry
+    _clock: Clock
+    _family: Any
+    executor_id: str
+    lease: float
+    code_version: str | None
+
+    def _drive(self, machine: Any) -> Any:
+        raise NotImplementedError
+
+    def _durable(self, plan: Any) -> Any:
+        raise NotImplementedError
+
+    def _plan_do(self, action: object, data: Any, args: tuple[Any, ...], retry: Any,
+                 step_id: str | None, *, handler: Any = None,
+                 roots: tuple[str, str] = ("data", "args")) -> Any:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ workflow runs
+
+    def _workflow_decorator(self, name: str, max_recoveries: int, timeout: float | None,
+                            make: Callable[..., Any]) -> Callable[[Callable[..., Any]], Any]:
+        """The body of each flavour's ``workflow()``: check, register, wrap."""
+        validate_action_name(name)
+        self._runs.get_run  # noqa: B018 - a storage without runs is refused here, not later
+        if not isinstance(max_recoveries, int) or isinstance(max_recoveries, bool) \
+                or max_recoveries < 0:
+            raise ConfigurationError(
+                f"max_recoveries must be an int >= 0, got {max_recoveries!r}",
+                field="max_recoveries")
+        if timeout is not None:
+            timeout = check_seconds(timeout, "timeout", positive=True)
+
+        def decorate(function: Callable[..., Any]) -> Any:
+            if not callable(function):
+                raise ConfigurationError(f"@workflow needs a function, got {function!r}",
+                                         field="function")
+            if is_async_callable(function) is not self._accepts_async:
+                raise ConfigurationError(
+                    f"workflow {name!r}: {callable_name(function)} must be "
+                    + ("an async def in the AsyncDurableWorkflowRuntime" if self._accepts_async
+                       else "a plain function in the sync DurableWorkflowRuntime (an async"
+                            " def needs AsyncDurableWorkflowRuntime)"), field="function")
+            spec = WorkflowSpec(name, function, max_recoveries, timeout)
+            self._registry.register_workflow(name, spec)
+            return make(self, spec)
+
+        return decorate
+
+    def _handle(self, run_id: str) -> Any:
+        """This flavour's handle of ``run_id``."""
+        raise NotImplementedError
+
+    def _op_handler(self, make_op: Callable[[], Any], post: Callable[[Any], Any]) -> Any:
+        """A step handler that drives ``make_op()`` and returns ``post(its value)``."""
+        raise NotImplementedError
+
+    def _then(self, result: Any, after: Callable[[Any], Any]) -> Any:
+        """``after(result)``; in the asyncio flavour, awaited first (and after's value too)."""
+        raise NotImplementedError
+
+    def _in_run(self) -> Scope | None:
+        scope = active_scope()
+        return scope if scope is not None and scope.run is not None else None
+
+    def _child_step(self, name: str, value: Any, run_id: str | None) -> Any:
+        """Start a child run as a step of the running parent; the step's value is its id."""
+        parent = self._in_run()
+        assert parent is not None and parent.run is not None
+        parent_id = parent.run.run_id
+
+        def make_op() -> Any:
+            step = current_step()
+            child_id = run_id if run_id is not None else step.step_id  # type: ignore[union-attr]
+            return op_start(self, name, value, child_id, parent_run_id=parent_id)
+
+        handler = self._op_handler(make_op, lambda started: started[0].run_id)
+        data = value if run_id is None else {"input": value, "run_id": run_id}
+        return self._durable(self._plan_do(f"durably.start:{name}", data, (), None, None,
+                                           handler=handler))
+
+    def _start_run(self, name: str, value: Any, run_id: str | None) -> Any:
+        if self._in_run() is not None:
+            return self._then(self._child_step(name, value, run_id), self._handle)
+        return self._then(self._drive(op_start(self, name, value, run_id)),
+                          lambda started: self._handle(started[0].run_id))
+
+    def _run_run(self, name: str, value: Any, run_id: str | None,
+                 timeout: float | None) -> Any:
+        if self._in_run() is not None:
+            return self._then(
+                self._child_step(name, value, run_id),
+                lambda child_id: self._drive(op_result(self, child_id, timeout,
+                                                       claim_when_due=True)))
+        return self._drive(op_run(self, name, value, run_id, timeout))
+
+    def _run_status(self, run_id: str) -> Any:
+        return self._drive(op_status(self, run_id))
+
+    def _run_result(self, run_id: str, timeout: float | None) -> Any:
+        return self._drive(op_result(self, check_text(run_id, "run_id"), timeout))
+
+    def _run_steps(self, run_id: str) -> Any:
+        return self._drive(op_steps(self, run_id))
+
+    def _run_cancel(self, run_id: str) -> Any:
+        return self._drive(op_cancel(self, run_id))
+
+    def _run_resume(self, run_id: str) -> Any:
+        return self._then(self._drive(op_resume(self, run_id)), self._nudged)
+
+    def _nudged(self, value: Any) -> Any:
+        """Wake this process's waiting workers and callers (something became due)."""
+        self._family.notify()
+        return value
+
+    # What operations read (the RunHost protocol of _workflows.py).
+
+    def _now(self) -> float:
+        return self._clock.now()
+
+    def _workflow_spec(self, name: str) -> WorkflowSpec | None:
+        spec: WorkflowSpec | None = self._registry.workflow(name)
+        return spec
+
+    def _workflow_names(self) -> list[str]:
+        return self._registry.workflow_names()
+
+    def _failure_cause(self, run_id: str) -> BaseException | None:
+        cause: BaseException | None = self._family.failures.get(run_id)
+        return cause
+
+    def _note_failure(self, run_id: str, error: BaseException) -> None:
+        failures = self._family.failures
+        failures[run_id] = error
+        while len(failures) > 256:  # keep the causes of recent failures only
+            failures.pop(next(iter(failures)))
+
+    def start(self, name: str, input: Any = None, *, run_id: str | None = None) -> Any:
+        """Start a run of the workflow registered (here or in another process) as ``name``.
+
+        A workflow this process has not registered is created PENDING for a worker that has
+        it. Returns a run handle (awaited, in the asyncio flavour).
+
+        Raises:
+            RunConflictError: ``run_id`` is taken by another workflow or another input.
+            SerializationError: the input cannot be encoded (nothing is written).
+        """
+        return self._start_run(validate_action_name(name), input, run_id)
+
+    def get_run(self, run_id: str) -> Any:
+        """Return the handle of an existing run.
+
+        Raises:
+            RunNotFoundError: there is no such run.
+        """
+        return self._then(self._drive(op_get_run(self, run_id)),
+                          lambda run: self._handle(run.run_id))
+
+    def list_runs(self, status: RunStatus | str | None = None, workflow: str | None = None,
+                  limit: int | None = 100, after: str | None = None) -> Any:
+        """Return stored runs (``RunRecord``) in creation order, filtered; ``after`` is the
+        last run id of the previous page."""
+        return self._drive(op_list_runs(self, status, workflow, limit, after))
+
+    def recover(self, *, code_versions: Collection[str | None] | None = None) -> Any:
+        """Claim every run that needs it (due PENDING and SUSPENDED runs, expired leases) and
+        execute them on this runtime's workers; call it at start-up. Never touches a live
+        lease, so it is harmless from many processes at once. Returns a ``RecoveryReport``.
+
+        Args:
+            code_versions: only runs started by these code versions (``None``: all).
+        """
+        return self._drive(op_recover(self, code_versions))
+
+    def run_due(self, limit: int | None = None) -> Any:
+        """Claim up to ``limit`` due runs and execute each in the calling thread until it
+        completes, fails or suspends; return how many ran (cron jobs, tests)."""
+        return self._drive(op_run_due(self, limit))
+

@@ -1,0 +1,477 @@
+"""``RunStorage`` for SQLite: runs, fenced step writes and inboxes, in the steps' file.
+
+Each method is one transaction (``BEGIN IMMEDIATE`` where it reads before it writes), or one
+statement. The fenced step write is a single statement: the fence check is an ``EXISTS`` in
+the same ``UPDATE`` / ``INSERT ... SELECT`` that writes the step, so no other writer can come
+between the check and the write, and the common case costs no extra round trip.
+"""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from ..._errors import OwnershipLost, RunClosedError, RunNotFoundError, StorageError
+from ..._records import (
+    TERMINAL,
+    ErrorInfo,
+    EventRecord,
+    RunRecord,
+    RunStatus,
+    StepRecord,
+    StepStatus,
+)
+from .._memory import recovery_limit_error
+from ._connection import transaction
+from ._rows import record_to_row, row_to_event, row_to_record, row_to_run, run_to_row
+from ._schema import EVENT_COLUMNS, RUN_COLUMNS, STEP_COLUMNS, TableNames
+
+__all__ = ["RunTables"]
+
+_T = TypeVar("_T")
+_RUN_COLUMNS = ", ".join(RUN_COLUMNS)
+_EVENT_COLUMNS = ", ".join(EVENT_COLUMNS)
+_STEP_COLUMNS = ", ".join(STEP_COLUMNS)
+_RUN_PLACEHOLDERS = ", ".join("?" * len(RUN_COLUMNS))
+_STEP_PLACEHOLDERS = ", ".join("?" * len(STEP_COLUMNS))
+_TERMINAL = tuple(status.value for status in TERMINAL)
+_OUTCOMES = (StepStatus.COMPLETED, StepStatus.FAILED)
+_TERMINAL_MARKS = ", ".join("?" * len(_TERMINAL))
+
+
+# UPDATE ... RETURNING (SQLite 3.35+) turns a fenced update and the read of its result into
+# one statement; older libraries use a transaction of two.
+_RETURNING = sqlite3.sqlite_version_info >= (3, 35)
+
+
+def _marks(count: int) -> str:
+    """``?, ?, ?``: placeholders for an ``IN`` list of ``count`` values."""
+    return ", ".join("?" * count)
+
+
+class RunTables:
+    """The run methods of ``SqliteStepStorage`` (a mixin: it uses the storage's connections,
+    lock and table names)."""
+
+    path: str
+    _names: TableNames
+    _lock: threading.RLock
+    _outcome_conn: sqlite3.Connection | None
+
+    def _writable(self) -> sqlite3.Connection:
+        raise NotImplementedError
+
+    def _connection(self) -> sqlite3.Connection:
+        raise NotImplementedError
+
+    def _failure(self, error: sqlite3.Error, what: str, step_id: str | None) -> StorageError:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ statements
+
+    def _build_run_statements(self) -> None:
+        runs, steps = self._names.runs, self._names.steps
+        owned = f"EXISTS (SELECT 1 FROM {runs} WHERE run_id = ? AND fence = ? AND" \
+                " status = 'running')"
+        updates = ", ".join(f"{name} = excluded.{name}" for name in STEP_COLUMNS[1:])
+        self._sql_run_get = f"SELECT {_RUN_COLUMNS} FROM {runs} WHERE run_id = ?"
+        self._sql_run_insert = (
+            f"INSERT INTO {runs} ({_RUN_COLUMNS}) VALUES ({_RUN_PLACEHOLDERS})"
+            " ON CONFLICT (run_id) DO NOTHING")
+        self._sql_fenced_update = (
+            f"UPDATE {steps} SET action = ?, status = ?, result = ?, error = ?, attempts = ?,"
+            " created_at = ?, started_at = ?, updated_at = ?, completed_at = ?,"
+            " next_attempt_at = ?, budget_started_at = ?"
+            f" WHERE step_id = ? AND workflow_id = ? AND status != 'completed' AND {owned}")
+        self._sql_fenced_upsert = (
+            f"INSERT INTO {steps} ({_STEP_COLUMNS}) SELECT {_STEP_PLACEHOLDERS} WHERE {owned}"
+            f" ON CONFLICT (step_id) DO UPDATE SET {updates}"
+            f" WHERE {steps}.status != 'completed'")
+        self._sql_step_get = f"SELECT {_STEP_COLUMNS} FROM {steps} WHERE step_id = ?"
+        self._sql_step_upsert = (
+            f"INSERT INTO {steps} ({_STEP_COLUMNS}) VALUES ({_STEP_PLACEHOLDERS})"
+            f" ON CONFLICT (step_id) DO UPDATE SET {updates}")
+        self._sql_fence_of = f"SELECT status, fence FROM {runs} WHERE run_id = ?"
+        self._sql_finish = (
+            f"UPDATE {runs} SET status = ?, result = ?, error = ?, owner = NULL,"
+            " lease_until = NULL, wake_at = NULL, waiting_for = NULL, updated_at = ?,"
+            " completed_at = ? WHERE run_id = ? AND fence = ? AND status = 'running'")
+        self._sql_claim_one = (
+            f"UPDATE {runs} SET status = 'running', owner = ?, lease_until = ?,"
+            " fence = fence + 1, recovery_count = recovery_count + (status = 'running'),"
+            " wake_at = NULL, waiting_for = NULL, updated_at = ? WHERE run_id = ? AND ("
+            "(status IN ('pending', 'suspended') AND wake_at <= ?) OR (status = 'running'"
+            " AND lease_until < ? AND recovery_count < max_recoveries))")
+
+    # ------------------------------------------------------------------ helpers
+
+    def _run(self, conn: sqlite3.Connection, run_id: str) -> RunRecord | None:
+        row = conn.execute(self._sql_run_get, (run_id,)).fetchone()
+        return None if row is None else row_to_run(row, self.path)
+
+    def _updated(self, conn: sqlite3.Connection, sql: str, params: tuple[Any, ...],
+                 run_id: str) -> tuple[Any, ...]:
+        """Run an ``UPDATE`` of one run and return its row as it now is."""
+        if _RETURNING:
+            row = conn.execute(sql + f" RETURNING {_RUN_COLUMNS}", params).fetchone()
+        else:
+            conn.execute(sql, params)
+            row = conn.execute(self._sql_run_get, (run_id,)).fetchone()
+        assert row is not None
+        return tuple(row)
+
+    def _check_owned(self, conn: sqlite3.Connection, run_id: str, fence: int) -> None:
+        row = conn.execute(self._sql_fence_of, (run_id,)).fetchone()
+        if row is None or row[0] != RunStatus.RUNNING.value or row[1] != fence:
+            raise OwnershipLost(run_id, fence)
+
+    @contextmanager
+    def _guarded(self, what: str, subject: str | None = None) -> Iterator[None]:
+        """Turn SQLite's errors into ``StorageError`` naming the operation and the path."""
+        try:
+            yield
+        except sqlite3.Error as error:
+            raise self._failure(error, what, subject) from error
+
+    def _atomic(self, what: str, work: Callable[[sqlite3.Connection], _T], *,
+                outcome: bool = False, subject: str | None = None) -> _T:
+        """Run ``work(conn)`` inside ``BEGIN IMMEDIATE`` (on the outcome connection when
+        ``outcome``, so that "full" durability syncs it)."""
+        with self._lock, self._guarded(what, subject):
+            conn = self._writable()
+            if outcome and self._outcome_conn is not None:
+                conn = self._outcome_conn
+            with transaction(conn):
+                return work(conn)
+
+    # ------------------------------------------------------------------ runs
+
+    def create_run(self, record: RunRecord) -> tuple[RunRecord, bool]:
+        """Insert ``record`` unless its id exists; return (stored run, created)."""
+        with self._lock, self._guarded("creating run", record.run_id):
+            conn = self._writable()
+            if conn.execute(self._sql_run_insert, run_to_row(record)).rowcount:
+                return record, True
+            stored = self._run(conn, record.run_id)
+        if stored is None:  # deleted between the two statements: try again
+            return self.create_run(record)
+        return stored, False
+
+    def claim(self, executor_id: str, now: float, lease: float, *, run_id: str | None = None,
+              limit: int | None = None, workflows: Collection[str] | None = None,
+              code_versions: Collection[str | None] | None = None
+              ) -> builtins.list[RunRecord]:
+        """Claim due runs (see ``RunStorage.claim``), in one transaction."""
+        if run_id is not None and workflows is None and code_versions is None:
+            fast = self._claim_one(executor_id, now, lease, run_id)
+            if fast is not None:
+                return fast
+        runs = self._names.runs
+        clauses, params = [], []
+        if run_id is not None:
+            clauses.append("run_id = ?")
+            params.append(run_id)
+        if workflows is not None:
+            marks = _marks(len(workflows))
+            clauses.append(f"workflow IN ({marks})")
+            params.extend(workflows)
+        if code_versions is not None:
+            versions = [v for v in code_versions if v is not None]
+            marks = _marks(len(versions))
+            wanted = [f"code_version IN ({marks})"] if versions else []
+            if None in code_versions:
+                wanted.append("code_version IS NULL")
+            clauses.append("(" + " OR ".join(wanted or ["0"]) + ")")
+            params.extend(versions)
+        where = "".join(" AND " + clause for clause in clauses)
+        # The candidates, by the two partial indexes: only what deciding a claim needs.
+        select = (
+            "SELECT run_id, status, recovery_count, max_recoveries FROM ("
+            f" SELECT run_id, status, recovery_count, max_recoveries, seq, wake_at AS due"
+            f" FROM {runs} WHERE status IN ('pending', 'suspended') AND wake_at <= ?{where}"
+            f" UNION ALL SELECT run_id, status, recovery_count, max_recoveries, seq,"
+            f" lease_until AS due FROM {runs} WHERE status = 'running' AND lease_until < ?"
+            f"{where}) ORDER BY due, seq LIMIT ?")
+        cap = -1 if limit is None else int(limit)  # SQLite: a negative LIMIT is no limit
+        claim_sql = (
+            f"UPDATE {runs} SET status = 'running', owner = ?, lease_until = ?,"
+            " fence = fence + 1, recovery_count = ?, wake_at = NULL, waiting_for = NULL,"
+            " updated_at = ? WHERE run_id = ?")
+        fail_sql = (
+            f"UPDATE {runs} SET status = 'failed', owner = NULL, lease_until = NULL,"
+            " error = ?, updated_at = ?, completed_at = ? WHERE run_id = ?")
+
+        def work(conn: sqlite3.Connection) -> builtins.list[RunRecord]:
+            rows = conn.execute(select, (now, *params, now, *params, cap)).fetchall()
+            claimed = []
+            for run_id, status, recovery_count, max_recoveries in rows:
+                takeover = status == RunStatus.RUNNING.value
+                recoveries = recovery_count + (1 if takeover else 0)
+                if takeover and recoveries > max_recoveries:
+                    error = json.dumps(recovery_limit_error(run_id, recovery_count).to_dict())
+                    row = self._updated(conn, fail_sql, (error, now, now, run_id), run_id)
+                else:
+                    row = self._updated(conn, claim_sql, (executor_id, now + lease, recoveries,
+                                                          now, run_id), run_id)
+                claimed.append(row_to_run(row, self.path))
+            return claimed
+
+        return self._atomic("claiming runs", work)
+
+    def _claim_one(self, executor_id: str, now: float, lease: float,
+                   run_id: str) -> builtins.list[RunRecord] | None:
+        """Claiming one run by id (what ``start`` and a waiting ``run()`` do): one ``UPDATE``
+        whose ``WHERE`` is the whole "is it due?" rule, instead of a transaction. Returns
+        ``None`` when only the general path can decide (a takeover past the recovery limit,
+        which must fail the run)."""
+        with self._lock, self._guarded("claiming run", run_id):
+            conn = self._writable()
+            if conn.execute(self._sql_claim_one, (executor_id, now + lease, now, run_id, now,
+                                                   now)).rowcount:
+                stored = self._run(conn, run_id)
+                return [] if stored is None else [stored]
+            row = conn.execute(self._sql_fence_of, (run_id,)).fetchone()
+        if row is not None and row[0] == RunStatus.RUNNING.value:
+            return None  # maybe expired past its recoveries: the general path fails it
+        return []
+
+    def renew(self, executor_id: str, leases: Mapping[str, int], now: float,
+              lease: float) -> builtins.set[str]:
+        """Extend the leases ``executor_id`` still holds; return the ids renewed."""
+        runs = self._names.runs
+
+        def work(conn: sqlite3.Connection) -> builtins.set[str]:
+            renewed: builtins.set[str] = builtins.set()
+            for run_id, fence in leases.items():
+                if conn.execute(
+                        f"UPDATE {runs} SET lease_until = ? WHERE run_id = ? AND fence = ?"
+                        " AND owner = ? AND status = 'running'",
+                        (now + lease, run_id, fence, executor_id)).rowcount:
+                    renewed.add(run_id)
+            return renewed
+
+        return self._atomic("renewing leases", work) if leases else set()
+
+    def record_step(self, run_id: str, fence: int, record: StepRecord) -> StepRecord:
+        """Check the run's fence and write the step, in one statement."""
+        row = record_to_row(record, self.path)
+        probably_new = record.attempts <= 1 and record.status is StepStatus.RUNNING
+        with self._lock, self._guarded("writing", record.step_id):
+            conn = self._writable()
+            if record.status in _OUTCOMES and self._outcome_conn is not None:
+                conn = self._outcome_conn
+            if not probably_new and conn.execute(
+                    self._sql_fenced_update, (*row[2:], row[0], row[1], run_id, fence)
+            ).rowcount:
+                return record
+            if conn.execute(self._sql_fenced_upsert, (*row, run_id, fence)).rowcount:
+                return record
+            # Nothing was written: either the fence is stale or the step is COMPLETED.
+            self._check_owned(conn, run_id, fence)
+            stored = conn.execute(self._sql_step_get, (record.step_id,)).fetchone()
+        return row_to_record(stored, self.path)
+
+    def finish(self, run_id: str, fence: int, status: RunStatus, now: float, *,
+               result: str | None = None, error: ErrorInfo | None = None) -> RunRecord:
+        """Fenced: end the run as ``status``."""
+        text = None if error is None else json.dumps(error.to_dict())
+        params = (status.value, result, text, now, now, run_id, fence)
+        if _RETURNING:  # one statement: the fenced update hands the run back
+            with self._lock, self._guarded("finishing run", run_id):
+                conn = self._outcome_conn or self._writable()
+                row = conn.execute(self._sql_finish + f" RETURNING {_RUN_COLUMNS}",
+                                   params).fetchone()
+            if row is None:
+                raise OwnershipLost(run_id, fence)
+            return row_to_run(row, self.path)
+
+        def work(conn: sqlite3.Connection) -> RunRecord:
+            if not conn.execute(self._sql_finish, params).rowcount:
+                raise OwnershipLost(run_id, fence)
+            stored = self._run(conn, run_id)
+            assert stored is not None
+            return stored
+
+        return self._atomic("finishing run", work, outcome=True, subject=run_id)
+
+    def suspend(self, run_id: str, fence: int, now: float, wake_at: float | None,
+                waiting_for: str | None) -> RunRecord:
+        """Fenced: SUSPENDED until ``wake_at`` or an event ``waiting_for``."""
+        runs = self._names.runs
+
+        def work(conn: sqlite3.Connection) -> RunRecord:
+            self._check_owned(conn, run_id, fence)
+            due = wake_at
+            if waiting_for is not None and self._first_unconsumed(
+                    conn, run_id, waiting_for, wake_at) is not None:
+                due = now  # the event is already here
+            conn.execute(
+                f"UPDATE {runs} SET status = 'suspended', owner = NULL, lease_until = NULL,"
+                " wake_at = ?, waiting_for = ?, updated_at = ? WHERE run_id = ?",
+                (due, waiting_for, now, run_id))
+            stored = self._run(conn, run_id)
+            assert stored is not None
+            return stored
+
+        return self._atomic("suspending run", work, subject=run_id)
+
+    def release(self, run_id: str, fence: int, now: float) -> bool:
+        """Hand a run back (PENDING, due now) if it is RUNNING under ``fence``."""
+        with self._lock, self._guarded("releasing run", run_id):
+            return bool(self._writable().execute(
+                f"UPDATE {self._names.runs} SET status = 'pending', owner = NULL,"
+                " lease_until = NULL, wake_at = ?, updated_at = ?"
+                " WHERE run_id = ? AND fence = ? AND status = 'running'",
+                (now, now, run_id, fence)).rowcount)
+
+    def cancel(self, run_id: str, now: float, error: ErrorInfo | None = None) -> bool:
+        """CANCELLED, fence bumped, unless terminal or missing."""
+        text = None if error is None else json.dumps(error.to_dict())
+        with self._lock, self._guarded("cancelling run", run_id):
+            return bool(self._writable().execute(
+                f"UPDATE {self._names.runs} SET status = 'cancelled', fence = fence + 1,"
+                " owner = NULL, lease_until = NULL, wake_at = NULL, waiting_for = NULL,"
+                " error = ?, updated_at = ?, completed_at = ? WHERE run_id = ?"
+                f" AND status NOT IN ({_TERMINAL_MARKS})",
+                (text, now, now, run_id, *_TERMINAL)).rowcount)
+
+    def resume(self, run_id: str, now: float) -> bool:
+        """CANCELLED or FAILED back to PENDING, due now, with a fresh recovery budget."""
+        with self._lock, self._guarded("resuming run", run_id):
+            return bool(self._writable().execute(
+                f"UPDATE {self._names.runs} SET status = 'pending', recovery_count = 0,"
+                " error = NULL, wake_at = ?, completed_at = NULL, updated_at = ?"
+                " WHERE run_id = ? AND status IN ('cancelled', 'failed')",
+                (now, now, run_id)).rowcount)
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        """Return the run, or ``None``."""
+        with self._lock, self._guarded("reading run", run_id):
+            return self._run(self._connection(), run_id)
+
+    def list_runs(self, *, status: RunStatus | None = None, workflow: str | None = None,
+                  limit: int | None = 100, after: str | None = None,
+                  due: float | None = None) -> builtins.list[RunRecord]:
+        """Return runs in creation order, filtered (see ``RunStorage.list_runs``)."""
+        runs = self._names.runs
+        clauses: builtins.list[str] = []
+        params: builtins.list[Any] = []
+        if status is not None:
+            clauses.append("status = ?")
+            params.append(status.value)
+        if workflow is not None:
+            clauses.append("workflow = ?")
+            params.append(workflow)
+        if after is not None:
+            clauses.append(f"seq > coalesce((SELECT seq FROM {runs} WHERE run_id = ?),"
+                           " 9223372036854775807)")
+            params.append(after)
+        if due is not None:
+            clauses.append("((status IN ('pending', 'suspended') AND wake_at <= ?)"
+                           " OR (status = 'running' AND lease_until < ?))")
+            params.extend((due, due))
+        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        params.append(-1 if limit is None else int(limit))
+        with self._lock, self._guarded("listing runs"):
+            rows = self._connection().execute(
+                f"SELECT {_RUN_COLUMNS} FROM {runs}{where} ORDER BY seq LIMIT ?", params
+            ).fetchall()
+        return [row_to_run(row, self.path) for row in rows]
+
+    def delete_run(self, run_id: str) -> bool:
+        """Delete the run with its steps and events."""
+        names = self._names
+
+        def work(conn: sqlite3.Connection) -> bool:
+            conn.execute(f"DELETE FROM {names.steps} WHERE workflow_id = ?", (run_id,))
+            conn.execute(f"DELETE FROM {names.events} WHERE run_id = ?", (run_id,))
+            return bool(conn.execute(f"DELETE FROM {names.runs} WHERE run_id = ?",
+                                     (run_id,)).rowcount)
+
+        return self._atomic("deleting run", work, subject=run_id)
+
+    def next_wake_at(self) -> float | None:
+        """The earliest time at which a run becomes due, or ``None``."""
+        runs = self._names.runs
+        with self._lock, self._guarded("reading wake times"):
+            conn = self._connection()
+            waking = conn.execute(f"SELECT min(wake_at) FROM {runs}"
+                                  " WHERE status IN ('pending', 'suspended')").fetchone()[0]
+            expiring = conn.execute(f"SELECT min(lease_until) FROM {runs}"
+                                    " WHERE status = 'running'").fetchone()[0]
+        present = [t for t in (waking, expiring) if t is not None]
+        return min(present) if present else None
+
+    # ------------------------------------------------------------------ events
+
+    def _first_unconsumed(self, conn: sqlite3.Connection, run_id: str, name: str,
+                          deadline: float | None) -> EventRecord | None:
+        sql = (f"SELECT {_EVENT_COLUMNS} FROM {self._names.events} WHERE run_id = ?"
+               " AND name = ? AND consumed_by IS NULL")
+        params: builtins.list[Any] = [run_id, name]
+        if deadline is not None:
+            sql += " AND sent_at <= ?"
+            params.append(deadline)
+        row = conn.execute(sql + " ORDER BY seq LIMIT 1", params).fetchone()
+        return None if row is None else row_to_event(row, self.path)
+
+    def add_event(self, run_id: str, name: str, key: str | None, payload: str,
+                  now: float) -> bool:
+        """Put an event in the inbox (see ``RunStorage.add_event``)."""
+        names = self._names
+
+        def work(conn: sqlite3.Connection) -> bool:
+            run = self._run(conn, run_id)
+            if run is None:
+                raise RunNotFoundError(run_id)
+            if run.status in TERMINAL:
+                raise RunClosedError(run_id, run.status.value)
+            if not conn.execute(
+                    f"INSERT INTO {names.events} (run_id, name, key, payload, sent_at)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (run_id, name, key) DO NOTHING",
+                    (run_id, name, key, payload, now)).rowcount:
+                return False
+            if run.status is RunStatus.SUSPENDED and run.waiting_for == name:
+                conn.execute(f"UPDATE {names.runs} SET wake_at = ?, updated_at = ?"
+                             " WHERE run_id = ?", (now, now, run_id))
+            return True
+
+        return self._atomic("sending event", work, subject=run_id)
+
+    def consume_event(self, run_id: str, fence: int, name: str, deadline: float | None,
+                      record: StepRecord) -> tuple[EventRecord | None, StepRecord]:
+        """Fenced: consume the oldest matching event and complete ``record`` with it."""
+        names = self._names
+
+        def work(conn: sqlite3.Connection) -> tuple[EventRecord | None, StepRecord]:
+            self._check_owned(conn, run_id, fence)
+            row = conn.execute(self._sql_step_get, (record.step_id,)).fetchone()
+            stored = None if row is None else row_to_record(row, self.path)
+            if stored is not None and stored.status is StepStatus.COMPLETED:
+                return None, stored
+            event = self._first_unconsumed(conn, run_id, name, deadline)
+            if event is None:
+                return None, stored if stored is not None else record
+            at = record.updated_at
+            conn.execute(f"UPDATE {names.events} SET consumed_by = ?, consumed_at = ?"
+                         " WHERE seq = ?", (record.step_id, at, event.seq))
+            done = dataclasses.replace(record, status=StepStatus.COMPLETED,
+                                       result=event.payload, error=None, completed_at=at)
+            conn.execute(self._sql_step_upsert, record_to_row(done, self.path))
+            return dataclasses.replace(event, consumed_by=record.step_id, consumed_at=at), done
+
+        return self._atomic("consuming event", work, outcome=True, subject=record.step_id)
+
+    def list_events(self, run_id: str) -> builtins.list[EventRecord]:
+        """Return the run's inbox in the order events were sent."""
+        with self._lock, self._guarded("listing events", run_id):
+            rows = self._connection().execute(
+                f"SELECT {_EVENT_COLUMNS} FROM {self._names.events} WHERE run_id = ?"
+                " ORDER BY seq", (run_id,)).fetchall()
+        return [row_to_event(row, self.path) for row in rows]

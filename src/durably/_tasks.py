@@ -1,0 +1,164 @@
+"""The tasks of the asyncio runtime: ``send`` deliveries, run workers, the lease heartbeat.
+
+The asyncio counterpart of ``_threads.py``, shared by a runtime and its ``for_workflow``
+siblings. Everything here lives on the runtime's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ._core import logger
+
+__all__ = ["Family"]
+
+Renew = Callable[[dict[str, int]], Awaitable[set[str]]]
+Release = Callable[[str, int], Coroutine[Any, Any, None]]
+
+
+class Family:
+    """What an asyncio runtime shares with its siblings: closed flag, tasks, leases.
+
+    Attributes:
+        closed: set by ``aclose()``: nothing more is claimed or started.
+        deliveries: the tasks of ``send``.
+        storage_pool: the threads blocking storage calls run on.
+        loop: the loop this family last ran on (for ``send`` from worker threads).
+        failures: recent failures by run id (the ``__cause__`` of ``WorkflowFailedError``).
+    """
+
+    def __init__(self, max_runs: int, heartbeat_every: float) -> None:
+        self.closed = False
+        self.deliveries: set[asyncio.Task[None]] = set()
+        self.storage_pool: ThreadPoolExecutor | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.failures: dict[str, BaseException] = {}
+        self._max_runs = max_runs
+        self._heartbeat_every = heartbeat_every
+        self._changed: asyncio.Event | None = None
+        self._leases: dict[str, int] = {}
+        self._runs: dict[str, tuple[int, asyncio.Task[None]]] = {}   # dispatched runs
+        self._slots: asyncio.Semaphore | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._draining = False
+
+    # ------------------------------------------------------------------ notifications
+
+    def _event(self) -> asyncio.Event:
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        return self._changed
+
+    def notify(self) -> None:
+        """Wake every :meth:`wait` (a run finished, something became due)."""
+        if self._changed is None:
+            return
+        loop = self.loop
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if loop is not None and running is not loop and not loop.is_closed():
+            loop.call_soon_threadsafe(self._wake)  # from a worker thread
+        else:
+            self._wake()
+
+    def _wake(self) -> None:
+        event, self._changed = self._changed, None
+        if event is not None:
+            event.set()
+
+    async def wait(self, seconds: float) -> None:
+        """Wait up to ``seconds`` of real time, or until :meth:`notify`."""
+        if seconds <= 0:
+            return
+        event = self._event()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(event.wait(), seconds)
+
+    # ------------------------------------------------------------------ leases
+
+    def track(self, run_id: str, fence: int, renew: Renew) -> None:
+        """Renew the lease of ``run_id`` from now on (starting the heartbeat if needed)."""
+        self._leases[run_id] = fence
+        if self._heartbeat is None or self._heartbeat.done():
+            self._heartbeat = asyncio.get_running_loop().create_task(self._beat(renew))
+
+    def untrack(self, run_id: str) -> None:
+        """Stop renewing ``run_id``, and wake waiters."""
+        self._leases.pop(run_id, None)
+        self.notify()
+
+    async def _beat(self, renew: Renew) -> None:
+        while not self.closed and self._leases:
+            await asyncio.sleep(self._heartbeat_every)
+            if self.closed or not self._leases:
+                break
+            leases = dict(self._leases)
+            try:
+                await renew(leases)
+            except Exception:  # a storage hiccup: try again at the next beat
+                logger().exception("durably: renewing %d lease(s) failed", len(leases))
+        self._heartbeat = None
+
+    # ------------------------------------------------------------------ workers
+
+    def capacity(self) -> int:
+        """How many more runs the workers may take now."""
+        return max(0, self._max_runs - len(self._runs))
+
+    def submit_run(self, run_id: str, fence: int,
+                   execute: Callable[[], Coroutine[Any, Any, None]], release: Release) -> None:
+        """Run ``execute()`` as a task, at most ``max_runs`` at once; a run that cannot start
+        (closing, draining) is handed back with ``release`` instead."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self._max_runs)
+        slots = self._slots
+
+        async def work() -> None:
+            try:
+                async with slots:
+                    if self.closed or self._draining:
+                        await release(run_id, fence)
+                        return
+                    await execute()
+            finally:
+                self._runs.pop(run_id, None)
+                self.notify()
+
+        if self.closed or self._draining:
+            task = asyncio.get_running_loop().create_task(release(run_id, fence))
+            self.deliveries.add(task)
+            task.add_done_callback(self.deliveries.discard)
+            return
+        self._runs[run_id] = (fence, asyncio.get_running_loop().create_task(work()))
+
+    async def hand_back(self, timeout: float, release: Release) -> None:
+        """Stop starting runs, wait up to ``timeout`` s for those executing, then cancel and
+        release the rest (their late writes are refused)."""
+        self._draining = True
+        self.notify()
+        tasks = [task for _, task in self._runs.values()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+        for run_id, (fence, task) in list(self._runs.items()):
+            task.cancel()
+            await release(run_id, fence)
+        for run_id, fence in list(self._leases.items()):
+            await release(run_id, fence)  # executing inline in a caller (run(), run_due())
+        self._draining = self.closed
+
+    async def shutdown(self) -> None:
+        """Stop the heartbeat and the storage threads."""
+        self.closed = True
+        self.notify()
+        beat, self._heartbeat = self._heartbeat, None
+        if beat is not None:
+            beat.cancel()
+        pool, self.storage_pool = self.storage_pool, None
+        if pool is not None:
+            pool.shutdown(wait=False)

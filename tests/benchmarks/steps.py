@@ -1,0 +1,345 @@
+"""Scenarios 1-8: durable steps on SQLite and in memory, replay, retries, scale, two
+processes, import time, DBOS. Run through run.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, SupportsIndex
+
+from common import (
+    CHUNK,
+    RESULT,
+    ROOT,
+    ROW,
+    DurableSteps,
+    RawCommits,
+    Row,
+    Steps,
+    alternate,
+    durable_steps,
+    median,
+    paired,
+    per_step,
+    timed,
+)
+
+from durably import (
+    DurableWorkflowRuntime,
+    InMemoryStepStorage,
+    RetryPolicy,
+    SqliteStepStorage,
+)
+from durably.testing import FakeClock
+
+
+def scenario_sqlite(directory: Path, steps: int, reps: int) -> list[Row]:
+    rows = []
+    for durability, synchronous, floor in (("normal", "NORMAL", 0.30), ("full", "FULL", 0.50)):
+        ours, raw = [], []
+        for rep in range(reps):
+            mine = DurableSteps(str(directory / f"d-{durability}-{rep}.db"), durability)
+            theirs = RawCommits(str(directory / f"r-{durability}-{rep}.db"), synchronous)
+            a, b = alternate(mine, theirs, steps)
+            mine.close()
+            theirs.close()
+            ours.append(a)
+            raw.append(b)
+        rate = paired(raw, ours)
+        rows.append(Row(f"1. durable step, SQLite {durability}", "µs/step", ours, raw,
+                        f"raw BEGIN;INSERT;COMMIT ({synchronous})",
+                        f"rate >= {floor} of raw", rate >= floor, rate,
+                        f"rate ratio {rate:.2f}; {1e6 / median(ours):,.0f} steps/s"))
+    return rows
+
+
+# ------------------------------------------------------------------ 2. in-memory overhead
+
+
+class JsonRoundTrips:
+    """The in-memory baseline: one json.dumps + json.loads of the same result per step."""
+
+    def run(self, steps: int) -> float:
+        start = time.perf_counter()
+        for _ in range(steps):
+            json.loads(json.dumps(RESULT))
+        return time.perf_counter() - start
+
+
+def scenario_memory(steps: int, reps: int) -> list[Row]:
+    first, replay, base_first, base_replay = [], [], [], []
+    for _ in range(reps):
+        runtime = DurableWorkflowRuntime(storage=InMemoryStepStorage(), workflow_id="bench",
+                                         clock=FakeClock())
+        runtime.register("Bench.step", lambda n: RESULT)
+        a, b = alternate(Steps(runtime), JsonRoundTrips(), steps)
+        first.append(a)
+        base_first.append(b)
+        a, b = alternate(Steps(runtime.for_workflow("bench")), JsonRoundTrips(), steps)
+        replay.append(a)
+        base_replay.append(b)
+    ratio_first = paired(first, base_first)
+    ratio_replay = paired(replay, base_replay)
+    return [
+        Row("2. in-memory do, first run", "µs/step", first, base_first, "json.dumps+loads",
+            "<= 3x", ratio_first <= 3, ratio_first),
+        Row("2. in-memory do, replay", "µs/step", replay, base_replay, "json.dumps+loads",
+            "<= 1.5x", ratio_replay <= 1.5, ratio_replay),
+    ]
+
+
+# ------------------------------------------------------------------ 3. replay from SQLite
+
+
+class RawLookups:
+    """The replay baseline: a primary-key lookup plus json.loads per step, in order."""
+
+    def __init__(self, path: Path, ids: list[str]) -> None:
+        self.conn = sqlite3.connect(path)
+        self.ids = ids
+        self.next = 0
+
+    def run(self, steps: int) -> float:
+        ids = self.ids[self.next:self.next + steps]
+        self.next += steps
+        conn = self.conn
+        start = time.perf_counter()
+        for step_id in ids:
+            row = conn.execute("SELECT result FROM durably_steps WHERE step_id = ?",
+                               (step_id,)).fetchone()
+            json.loads(row[0])
+        return time.perf_counter() - start
+
+
+def scenario_sqlite_replay(directory: Path, steps: int, reps: int) -> list[Row]:
+    path = directory / "replay.db"
+    durable_steps(str(path), steps, "normal")
+    conn = sqlite3.connect(path)
+    ids = [row[0] for row in conn.execute(
+        "SELECT step_id FROM durably_steps WHERE workflow_id = 'bench' ORDER BY seq")]
+    conn.close()
+    ours, raw = [], []
+    for _ in range(reps):
+        runtime = DurableWorkflowRuntime(storage=SqliteStepStorage(path), workflow_id="bench",
+                                         clock=FakeClock())
+        lookups = RawLookups(path, ids)
+        a, b = alternate(Steps(runtime), lookups, steps)  # the first turn pays the one read
+        runtime.close()
+        lookups.conn.close()
+        ours.append(a)
+        raw.append(b)
+    rate = paired(raw, ours)
+    return [Row(f"3. replay {steps:,} steps from SQLite", "µs/step", ours, raw,
+                "raw PK lookup + json.loads", "rate >= 0.50 of raw", rate >= 0.5, rate,
+                f"rate ratio {rate:.2f}")]
+
+
+# ------------------------------------------------------------------ 4. retry overhead
+
+
+class _Flaky:
+    """Fails the first two calls of every three (so each step needs three attempts)."""
+
+    def __init__(self, failing: bool = True) -> None:
+        self.calls = 0
+        self.failing = failing
+
+    def __call__(self, n: int) -> dict[str, Any]:
+        self.calls += 1
+        if self.failing and self.calls % 3:
+            raise ConnectionError("flaky")
+        return RESULT
+
+
+def _durable_loop(handler: _Flaky, steps: int) -> float:
+    runtime = DurableWorkflowRuntime(workflow_id="bench",
+                                     retry_policy=RetryPolicy(max_attempts=3, initial_delay=0))
+    runtime.register("Bench.flaky", handler)
+    return timed(lambda: [runtime.do("Bench.flaky", n) for n in range(steps)])
+
+
+def _hand_loop(handler: _Flaky, steps: int) -> float:
+    def loop() -> None:
+        for n in range(steps):
+            for attempt in range(3):
+                try:
+                    handler(n)
+                    break
+                except ConnectionError:
+                    if attempt == 2:
+                        raise
+
+    return timed(loop)
+
+
+def scenario_retries(steps: int, reps: int) -> list[Row]:
+    """Cost per failed attempt: (loop with two failures per step - loop without) / 2."""
+    real_sleep = time.sleep
+    slept: list[float] = []
+
+    def counting_sleep(seconds: float | SupportsIndex) -> None:
+        slept.append(float(seconds))
+
+    time.sleep = counting_sleep  # a zero delay must never sleep: count any call
+    try:
+        ours, raw = [], []
+        for _ in range(reps):
+            ours.append(per_step(_durable_loop(_Flaky(), steps)
+                                 - _durable_loop(_Flaky(failing=False), steps), steps) / 2)
+            raw.append(per_step(_hand_loop(_Flaky(), steps)
+                                - _hand_loop(_Flaky(failing=False), steps), steps) / 2)
+    finally:
+        time.sleep = real_sleep
+    ratio = paired(ours, raw)
+    return [Row("4. retry overhead per failed attempt", "µs/attempt", ours, raw,
+                "hand-written try/except loop", "<= 10x, no sleep",
+                ratio <= 10 and not slept, ratio,
+                f"time.sleep calls with zero delay: {len(slept)}")]
+
+
+# ------------------------------------------------------------------ 5. scale
+
+
+STEP_INSERT = (
+    "INSERT INTO durably_steps (step_id, workflow_id, action, status, result, error, attempts,"
+    " created_at, started_at, updated_at, completed_at, next_attempt_at, budget_started_at)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+
+
+def populate(path: Path, records: int) -> None:
+    """Put ``records`` completed steps of other workflows in a durably database, fast."""
+    SqliteStepStorage(path).close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA synchronous = OFF")
+    conn.execute("BEGIN")
+    batch = []
+    for n in range(records):
+        batch.append((f"s1_{uuid.uuid4().hex}", f"other-{n // 100}", "Bench.step",
+                      "completed", ROW, None, 1, float(n), float(n), float(n), float(n),
+                      None, float(n)))
+        if len(batch) == 10_000:
+            conn.executemany(STEP_INSERT, batch)
+            batch.clear()
+    if batch:
+        conn.executemany(STEP_INSERT, batch)
+    conn.execute("COMMIT")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+
+
+def scenario_scale(directory: Path, sizes: list[int], steps: int, reps: int) -> list[Row]:
+    """Steps and replays per database size, the sizes measured in alternating turns."""
+    paths = {}
+    for size in sizes:
+        paths[size] = directory / f"scale-{size}.db"
+        populate(paths[size], size)
+    before = {size: paths[size].stat().st_size for size in sizes}
+    writes: dict[int, list[float]] = {size: [] for size in sizes}
+    replays: dict[int, list[float]] = {size: [] for size in sizes}
+    for rep in range(reps):
+        runners = {}
+        for size in sizes:
+            runtime = DurableWorkflowRuntime(storage=SqliteStepStorage(paths[size]),
+                                             workflow_id=f"scale-{rep}", clock=FakeClock())
+            runtime.register("Bench.step", lambda n: RESULT)
+            runners[size] = Steps(runtime)
+        spent = {size: 0.0 for size in sizes}
+        for _ in range(max(1, steps // CHUNK)):
+            for size in sizes:
+                spent[size] += runners[size].run(CHUNK)
+        done = max(1, steps // CHUNK) * CHUNK
+        for size in sizes:
+            writes[size].append(per_step(spent[size], done))
+            runners[size].runtime.close()
+            runtime = DurableWorkflowRuntime(storage=SqliteStepStorage(paths[size]),
+                                             workflow_id=f"scale-{rep}", clock=FakeClock())
+            replays[size].append(per_step(Steps(runtime).run(done), done))
+            runtime.close()
+    rows = []
+    for size in sizes:
+        conn = sqlite3.connect(paths[size])
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.close()
+        growth = (paths[size].stat().st_size - before[size]) / (steps * reps)
+        ratio = paired(writes[size], writes[sizes[0]])
+        rows.append(Row(f"5. scale: {size:,} records", "µs/step", writes[size], replays[size],
+                        "(replay µs/step)", f"<= 1.5x the {sizes[0]:,} cost", ratio <= 1.5,
+                        ratio, f"{1e6 / median(writes[size]):,.0f} steps/s; replay "
+                        f"{median(replays[size]):.1f} µs/step; ~{growth:,.0f} bytes/step on "
+                        "disk"))
+    return rows
+
+
+# ------------------------------------------------------------------ 6. two processes
+
+
+WRITER = """
+import sys, time
+sys.path.insert(0, {src!r})
+sys.path.insert(0, {here!r})
+from common import durable_steps
+print(durable_steps(sys.argv[1], int(sys.argv[2]), "normal", sys.argv[3]))
+"""
+
+
+def scenario_two_processes(directory: Path, steps: int, reps: int) -> list[Row]:
+    script = WRITER.format(src=str(ROOT / "src"), here=str(Path(__file__).parent))
+    one, two = [], []
+    for rep in range(reps):
+        path = directory / f"two-{rep}.db"
+        SqliteStepStorage(path).close()
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", script, str(path), str(steps), "solo"],
+                       check=True, capture_output=True)
+        one.append(steps / (time.perf_counter() - start))
+        start = time.perf_counter()
+        workers = [subprocess.Popen([sys.executable, "-c", script, str(path), str(steps),
+                                     f"pair-{n}"], stdout=subprocess.PIPE)
+                   for n in range(2)]
+        for worker in workers:
+            worker.communicate()
+        two.append(2 * steps / (time.perf_counter() - start))
+    ratio = paired(two, one)
+    return [Row("6. two processes, one file", "steps/s", two, one, "one process",
+                "(reported)", None, ratio, f"combined throughput {ratio:.2f}x one process")]
+
+
+# ------------------------------------------------------------------ 7. import time
+
+
+def import_seconds(code: str) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True,
+                   env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    return time.perf_counter() - start
+
+
+def scenario_import(reps: int) -> list[Row]:
+    ours, base = [], []
+    for _ in range(reps):
+        ours.append(import_seconds("import durably") * 1e3)
+        base.append(import_seconds("import sqlite3, json") * 1e3)
+    ratio = paired(ours, base)
+    return [Row("7. import time", "ms", ours, base, "import sqlite3, json", "<= 1.5x",
+                ratio <= 1.5, ratio)]
+
+
+# ------------------------------------------------------------------ 8. DBOS, if present
+
+
+def scenario_dbos() -> list[Row]:
+    try:
+        import dbos  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError:
+        return [Row("8. DBOS Transact", "", [], [], "", "(dbos not importable: skipped)")]
+    return [Row("8. DBOS Transact", "", [], [], "",
+                "(dbos importable but not measured by this version of the suite)")]
+
+
