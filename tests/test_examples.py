@@ -25,6 +25,12 @@ EXPECTED = {
     "08_worker.py": ["submitted: ['pending', 'pending', 'pending']",
                      "results: ['sent to ann', 'sent to bob', 'sent to cyd']",
                      "worker stopped"],
+    "09_approval.py": ["Tue 14:00: expense-7 is suspended, waiting for 'decision' until Wed",
+                       "sent again (a double click): False",
+                       "paid 120 EUR to ann (approved by bob)",
+                       "Wed 14:00: expense-8: not approved in time (nobody)"],
+    "10_reminder.py": ["process 1: the run is suspended", "water the plants",
+                       "it woke at the time process 1 recorded: True"],
 }
 
 

@@ -22,7 +22,7 @@ LAYERS: dict[str, float] = {
     "_storage._sqlite._schema": 8, "_storage._sqlite._rows": 8.5,
     "_storage._sqlite._connection": 9, "_storage._sqlite._runs": 9.5,
     "_storage._sqlite._store": 9.7,
-    "_core": 10, "_workflows": 10,
+    "_core": 10, "_waits": 10.2, "_workflows": 10.5,
     "_threads": 11, "_tasks": 11, "_handles": 11, "_proxy": 11, "_step": 11,
     "_runs_api": 11.5,
     "_runtime_base": 12,

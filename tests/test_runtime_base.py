@@ -26,7 +26,7 @@ from durably.testing import FakeClock, create_async_test_runtime, create_test_ru
 
 OPTIONS = ["storage", "retry_policy", "workflow_id", "on_step_start", "on_step_complete",
            "on_step_error", "hooks", "clock", "codec", "executor_id", "lease", "max_runs",
-           "code_version", "shutdown_timeout"]
+           "code_version", "shutdown_timeout", "suspend_after"]
 
 
 @pytest.mark.parametrize("cls", [DurableWorkflowRuntime, AsyncDurableWorkflowRuntime])

@@ -26,6 +26,8 @@ SQL_SAFE_NAMES = {
     "self._names.runs", "self._names.steps", "self._names.events", "owned", "marks",
     "_RUN_COLUMNS", "_EVENT_COLUMNS", "_STEP_COLUMNS", "_RUN_PLACEHOLDERS",
     "_STEP_PLACEHOLDERS", "_TERMINAL_MARKS",
+    # the partial indexes' fixed conditions and their INDEXED BY clauses (validated names)
+    "WAKING", "HELD", "self._due_index", "self._expiry_index",
 }
 
 

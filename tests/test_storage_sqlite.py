@@ -399,3 +399,34 @@ def test_a_version_1_file_opens_with_its_steps_intact_and_in_first_write_order(
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     conn.close()
+
+
+def test_due_scans_read_only_the_partial_indexes(tmp_path: Path) -> None:
+    """claim, run_due's filtered claim, next_wake_at and list_runs(due=) find due runs through
+    the partial due/expiry indexes (never a scan of every suspended run), with or without a
+    workflow filter: their cost does not grow with runs that are not due."""
+    statements: list[str] = []
+
+    class Traced(SqliteStepStorage):
+        def connect(self) -> sqlite3.Connection:
+            conn = super().connect()
+            conn.set_trace_callback(statements.append)
+            return conn
+
+    store = Traced(tmp_path / "steps.db")
+    store.claim("w", 1000.0, 10.0)
+    store.claim("w", 1000.0, 10.0, workflows=["A.a", "B.b"], code_versions=[None])
+    store.next_wake_at()
+    store.next_wake_at(workflows=["A.a"])
+    scans = [sql for sql in statements if "wake_at <=" in sql or "ORDER BY wake_at" in sql]
+    assert len(scans) == 4
+    plans = []
+    for sql in scans:
+        conn = sqlite3.connect(tmp_path / "steps.db")
+        plans.append(" | ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql)))
+        conn.close()
+    for plan in plans:
+        assert "durably_runs_by_status" not in plan and "durably_runs_by_workflow" not in plan
+        assert "SCAN durably_runs" not in plan
+        assert "durably_runs_due" in plan or "durably_runs_expiry" in plan, plan
+    store.close()

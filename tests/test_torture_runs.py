@@ -1,7 +1,8 @@
 """Crash everywhere, for runs: workers SIGKILLed at every kill point (around create, claim,
-renew, step writes and finish) and at random moments, and SIGSTOPped past their lease while
-another worker takes over; after each scenario the promises of runs are checked against a log
-written from inside the database's own write statements.
+renew, step writes, suspension, sending and consuming events, and finish) and at random
+moments, and SIGSTOPped past their lease while another worker takes over; after each scenario
+the promises of runs are checked against a log written from inside the database's own write
+statements.
 
 The default suite runs the short, seeded form; ``pytest -m torture`` runs the long form.
 """
@@ -53,13 +54,22 @@ def check(directory: Path) -> dict[str, int]:
     violations: list[str] = []
     outcomes: Counter[str] = Counter()
     exits: dict[str, set[str]] = {}
+    wake_times: dict[str, str] = {}
+    consumed: dict[str, set[str]] = {}
     for line in lines:
         kind, _, rest = line.partition(" ")
         if kind == "step":
-            step_id, status, writer, fence, run_status = rest.split(" ")
+            step_id, status, writer, fence, run_status, ends = rest.split(" ")
             if writer != fence or run_status != "running":
                 violations.append(f"step {step_id} ({status}) written under fence {writer}"
                                   f" while the run had {fence} and was {run_status}")
+            # a sleep's wake time or a wait's deadline: frozen
+            if ends != "none" and wake_times.setdefault(step_id, ends) != ends:
+                violations.append(f"the end of {step_id} moved from"
+                                  f" {wake_times[step_id]} to {ends}")
+        elif kind == "consumed":
+            seq, run_id, step_id = rest.split(" ")
+            consumed.setdefault(seq, set()).add(step_id)
         elif kind == "fence":
             run_id, old, new = rest.split(" ")
             if int(new) <= int(old):
@@ -75,18 +85,26 @@ def check(directory: Path) -> dict[str, int]:
                                                             sort_keys=True))
     assert not violations, violations[:5]
     assert all(count <= 1 for count in outcomes.values()), outcomes
+    assert all(len(steps) == 1 for steps in consumed.values()), consumed  # never twice
     storage = SqliteStepStorage(directory / "runs.db")
     runs = storage.list_runs(limit=None)
     for run in runs:
         assert run.status is RunStatus.COMPLETED, run
         steps = storage.list(workflow_id=run.run_id)
-        assert [s.status for s in steps] == [StepStatus.COMPLETED] * 4
-        recorded = {}
+        assert [s.status for s in steps] == [StepStatus.COMPLETED] * 6
+        recorded: dict[str, object] = {}
         for step in steps:
-            # The recorded result is the value of a handler run that really returned it.
-            assert json.dumps(json.loads(step.result or ""), sort_keys=True) \
-                in exits.get(step.step_id, set()), step.step_id
-            recorded[step.action.split(".")[1]] = json.loads(step.result or "")
+            if step.action == "durably.wait:go":
+                # One event, consumed by this wait exactly once, and it is its result.
+                (event,) = storage.list_events(run.run_id)
+                assert event.consumed_by == step.step_id and step.result == event.payload
+                assert consumed.get(str(event.seq), {step.step_id}) == {step.step_id}
+                recorded["go"] = json.loads(event.payload)
+            elif step.action.startswith("Order."):
+                # The recorded result is the value of a handler run that really returned it.
+                assert json.dumps(json.loads(step.result or ""), sort_keys=True) \
+                    in exits.get(step.step_id, set()), step.step_id
+                recorded[step.action.split(".")[1]] = json.loads(step.result or "")
         assert json.loads(run.result or "") == recorded
     storage.close()
     conn = sqlite3.connect(directory / "runs.db")
@@ -165,8 +183,8 @@ def chaos(tmp_path: Path, seed: int, seconds: float) -> dict[str, int]:
 
 def test_runs_survive_kills_at_every_point_and_random_kills_and_pauses(tmp_path: Path) -> None:
     """Short form: every eighth kill point, and one chaos scenario."""
-    kills = sweep(tmp_path, range(1, 60, 8))
-    assert kills >= 5
+    kills = sweep(tmp_path, range(1, 90, 8))
+    assert kills >= 8
     figures = chaos(tmp_path, seed=1, seconds=10.0)
     assert figures["runs"] == CHAOS_RUNS and figures["kills"] + figures["stops"] >= 4
 
@@ -174,7 +192,7 @@ def test_runs_survive_kills_at_every_point_and_random_kills_and_pauses(tmp_path:
 @pytest.mark.torture
 def test_runs_torture_long(tmp_path: Path) -> None:
     """Long form: every kill point, and chaos in twelve seeds."""
-    kills = sweep(tmp_path, range(1, 80))
+    kills = sweep(tmp_path, range(1, 120))
     totals: Counter[str] = Counter()
     for seed in range(12):
         totals.update(chaos(tmp_path, seed=seed, seconds=20.0))

@@ -13,12 +13,17 @@ the run's fence at that moment.
 
 The log gets one line per event (one write(2) each, so processes never interleave lines):
 ``enter <step_id> <pid>``, ``exit <step_id> <result-json>``,
-``step <step_id> <status> <writer fence> <run fence> <run status>``,
-``fence <run_id> <old> <new>``, ``outcome <run_id> <status> <writer fence> <fence>``.
+``step <step_id> <status> <writer fence> <run fence> <run status> <next_attempt_at>``,
+``fence <run_id> <old> <new>``, ``outcome <run_id> <status> <writer fence> <fence>``,
+``consumed <event seq> <run_id> <wait step>``.
+
+The workflow runs two steps, sleeps past ``suspend_after`` (the run suspends), waits for the
+event "go" (which every worker sends to every run under one key), then runs two more steps.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -36,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from durably import (
     DurableWorkflowRuntime,
     RetryPolicy,
+    RunClosedError,
     RunStatus,
     SqliteStepStorage,
     current_step,
@@ -50,12 +56,16 @@ STEPS = ("reserve", "charge", "pack", "ship")
 AUDIT = [
     """CREATE TEMP TRIGGER audit_step_insert AFTER INSERT ON main.durably_steps
        WHEN new.workflow_id IN (SELECT run_id FROM main.durably_runs)
-       BEGIN SELECT audit('step', new.step_id, new.status, writer_fence(), fence, status)
+       BEGIN SELECT audit('step', new.step_id, new.status, writer_fence(), fence, status,
+                          coalesce(new.next_attempt_at, 'none'))
              FROM main.durably_runs WHERE run_id = new.workflow_id; END""",
     """CREATE TEMP TRIGGER audit_step_update AFTER UPDATE ON main.durably_steps
        WHEN new.workflow_id IN (SELECT run_id FROM main.durably_runs)
-       BEGIN SELECT audit('step', new.step_id, new.status, writer_fence(), fence, status)
+       BEGIN SELECT audit('step', new.step_id, new.status, writer_fence(), fence, status,
+                          coalesce(new.next_attempt_at, 'none'))
              FROM main.durably_runs WHERE run_id = new.workflow_id; END""",
+    """CREATE TEMP TRIGGER audit_consumed AFTER UPDATE OF consumed_by ON main.durably_events
+       BEGIN SELECT audit('consumed', new.seq, new.run_id, new.consumed_by); END""",
     """CREATE TEMP TRIGGER audit_fence AFTER UPDATE OF fence ON main.durably_runs
        BEGIN SELECT audit('fence', new.run_id, old.fence, new.fence); END""",
     """CREATE TEMP TRIGGER audit_outcome AFTER UPDATE OF status ON main.durably_runs
@@ -129,10 +139,24 @@ def main() -> None:
             return self.around("finish", lambda: super(Audited, self).finish(
                 run_id, fence, *args, **kwargs))
 
+        def suspend(self, run_id: str, fence: int, *args: Any) -> Any:
+            writing.fence = fence
+            return self.around("suspend", lambda: super(Audited, self).suspend(
+                run_id, fence, *args))
+
+        def consume_event(self, run_id: str, fence: int, *args: Any) -> Any:
+            writing.fence = fence
+            return self.around("consume", lambda: super(Audited, self).consume_event(
+                run_id, fence, *args))
+
+        def add_event(self, *args: Any) -> Any:
+            writing.fence = None
+            return self.around("send", lambda: super(Audited, self).add_event(*args))
+
     runtime = DurableWorkflowRuntime(
         storage=Audited(db, busy_timeout=60),
         retry_policy=RetryPolicy(max_attempts=50, initial_delay=0.002, max_delay=0.01),
-        lease=LEASE, max_runs=2, shutdown_timeout=0.2)
+        lease=LEASE, max_runs=2, shutdown_timeout=0.2, suspend_after=0.01)
 
     def make(name: str) -> Any:
         def step(order: dict[str, Any]) -> dict[str, Any]:
@@ -153,10 +177,19 @@ def main() -> None:
 
     @runtime.workflow("Order.process", max_recoveries=1000)
     def process(order: dict[str, Any]) -> dict[str, Any]:
-        return {name: runtime.do(f"Order.{name}", order) for name in STEPS}
+        done = {}
+        for index, name in enumerate(STEPS):
+            if index == 2:
+                runtime.sleep(0.03, name="cool-off")  # longer than suspend_after: suspends
+                done["go"] = runtime.wait_for_event("go")
+            done[name] = runtime.do(f"Order.{name}", order)
+        return done
 
     for n in range(runs):
         process.start({"id": n}, run_id=f"r{n}")
+    for n in range(runs):
+        with contextlib.suppress(RunClosedError):  # finished already: it had its event
+            runtime.send_event(f"r{n}", "go", {"run": n}, key=f"go-{n}")  # once, whoever sends
     while True:
         pending = [run for run in runtime.list_runs(limit=None)
                    if run.status not in (RunStatus.COMPLETED, RunStatus.FAILED)]

@@ -46,6 +46,7 @@ from ._runtime_base import RuntimeBase, check_poll
 from ._step import AsyncStepFunction
 from ._storage import is_blocking
 from ._tasks import Family
+from ._waits import EVENT_POLL, Consume
 from ._workflows import (
     BodyOutcome,
     Dispatch,
@@ -283,6 +284,8 @@ class AsyncDurableWorkflowRuntime(RuntimeBase):
             try:
                 wait = await self._drive(op_serve_pass(self, family.capacity(), poll))
             except StorageError:
+                if family.closed:
+                    return  # close() (a signal handler's, say) closed the storage mid-pass
                 logger().exception("durably: a worker pass failed; trying again")
                 wait = poll
             if not (family.closed or stopped[0]):
@@ -456,9 +459,18 @@ class AsyncDurableWorkflowRuntime(RuntimeBase):
         return written
 
     async def _sleep(self, command: Sleep) -> None:
+        if command.for_event and isinstance(self._clock, AsyncSystemClock):
+            # Real time: a send_event in this process ends the wait at once.
+            await self._family.wait(min(command.seconds, EVENT_POLL))
+            return
         waited = self._clock.sleep(command.seconds)
         if inspect.isawaitable(waited):
             await waited
+
+    async def _consume(self, command: Consume) -> Any:
+        run = command.run
+        return await self._store(self._runs.consume_event, run.run_id, run.fence, command.name,
+                                 command.deadline, command.record)
 
     async def _attempt(self, command: RunAttempt) -> AttemptOutcome:
         if is_async_callable(command.handler):
@@ -499,4 +511,5 @@ _ANSWERS: dict[type, Callable[[AsyncDurableWorkflowRuntime, Any], Awaitable[Any]
     ExecuteRun: AsyncDurableWorkflowRuntime._execute_run,
     Dispatch: AsyncDurableWorkflowRuntime._dispatch_run,
     RunBody: AsyncDurableWorkflowRuntime._run_body,
+    Consume: AsyncDurableWorkflowRuntime._consume,
 }

@@ -193,12 +193,18 @@ class Write:
 
 
 class Sleep:
-    """Wait ``seconds`` (always > 0) on the runtime's clock; answer: ``None``."""
+    """Wait ``seconds`` (always > 0) on the runtime's clock; answer: ``None``.
 
-    __slots__ = ("seconds",)
+    ``for_event``: a wait for an event, which the driver may end early when something changes
+    in this process (the machine then asks the inbox again). On a fake clock it simply
+    advances time.
+    """
 
-    def __init__(self, seconds: float) -> None:
+    __slots__ = ("for_event", "seconds")
+
+    def __init__(self, seconds: float, for_event: bool = False) -> None:
         self.seconds = seconds
+        self.for_event = for_event
 
 
 class RunAttempt:

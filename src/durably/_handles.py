@@ -11,7 +11,8 @@ import functools
 from collections.abc import Callable, Coroutine
 from typing import Any, Generic, Protocol, TypeVar
 
-from ._records import RunRecord, StepRecord
+from ._records import EventRecord, RunRecord, StepRecord
+from ._waits import MISSING
 from ._workflows import WorkflowSpec
 
 __all__ = ["AsyncRunHandle", "AsyncWorker", "AsyncWorkflow", "HandleHost", "RunHandle",
@@ -39,6 +40,11 @@ class HandleHost(Protocol):
     def _run_cancel(self, run_id: str) -> Any: ...
 
     def _run_resume(self, run_id: str) -> Any: ...
+
+    def _run_events(self, run_id: str) -> Any: ...
+
+    def _run_published(self, run_id: str, key: str | None, timeout: float | None,
+                       default: Any) -> Any: ...
 
 
 class _WorkflowBase:
@@ -172,6 +178,29 @@ class RunHandle(_HandleBase, Generic[R]):
         return done
 
 
+    def events(self) -> list[EventRecord]:
+        """Return the run's inbox (``EventRecord``s in the order they were sent), consumed
+        ones included."""
+        events: list[EventRecord] = self._host._run_events(self.run_id)
+        return events
+
+    def published(self, key: str, *, timeout: float | None = None,
+                  default: Any = MISSING) -> Any:
+        """Return the latest value the run published under ``key``, waiting up to
+        ``timeout`` seconds (``None``: as long as it takes) for it to appear.
+
+        Raises:
+            TimeoutError: the time ran out and no ``default`` was given.
+            KeyError: the run finished without publishing ``key`` and no ``default``.
+        """
+        return self._host._run_published(self.run_id, key, timeout, default)
+
+    def published_all(self) -> dict[str, Any]:
+        """Return every key the run has published so far, with its latest value."""
+        values: dict[str, Any] = self._host._run_published(self.run_id, None, None, MISSING)
+        return values
+
+
 class AsyncRunHandle(_HandleBase, Generic[R]):
     """The asyncio flavour of :class:`RunHandle`: every method is a coroutine."""
 
@@ -199,6 +228,23 @@ class AsyncRunHandle(_HandleBase, Generic[R]):
         """Resume a CANCELLED or FAILED run (see :meth:`RunHandle.resume`)."""
         done: bool = await self._host._run_resume(self.run_id)
         return done
+
+
+    async def events(self) -> list[EventRecord]:
+        """Return the run's inbox (see :meth:`RunHandle.events`)."""
+        events: list[EventRecord] = await self._host._run_events(self.run_id)
+        return events
+
+    async def published(self, key: str, *, timeout: float | None = None,
+                        default: Any = MISSING) -> Any:
+        """Return a published value (see :meth:`RunHandle.published`)."""
+        return await self._host._run_published(self.run_id, key, timeout, default)
+
+    async def published_all(self) -> dict[str, Any]:
+        """Return every published key with its latest value."""
+        values: dict[str, Any] = await self._host._run_published(self.run_id, None, None,
+                                                                 MISSING)
+        return values
 
 
 class Worker:

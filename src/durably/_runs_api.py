@@ -7,33 +7,55 @@ flavour's driver, so the sync and asyncio runtimes share every rule about runs.
 
 from __future__ import annotations
 
+import datetime as dt
+import math
 from collections.abc import Callable, Collection
 from typing import Any, ClassVar
 
 from ._clock import Clock
-from ._codec import Codec
+from ._codec import Codec, encode_result
 from ._context import Scope, active_scope, current_step
-from ._errors import ConfigurationError
+from ._errors import ConfigurationError, SerializationError
 from ._records import RunStatus
 from ._registry import Registry, callable_name, check_text, is_async_callable, validate_action_name
 from ._retry import MAX_SECONDS
 from ._storage import RunStorage, StepStorage
+from ._waits import MISSING, sleep_step, wait_step
 from ._workflows import (
     WorkflowSpec,
     op_cancel,
+    op_events,
     op_get_run,
     op_list_runs,
+    op_published,
     op_recover,
     op_result,
     op_resume,
     op_run,
     op_run_due,
+    op_send_event,
     op_start,
     op_status,
     op_steps,
 )
 
 __all__ = ["RunsApi", "check_seconds"]
+
+
+def _duration(value: object, name: str, *, positive: bool = False) -> float:
+    """A wait's duration: seconds or a ``timedelta``; >= 0 (> 0 when ``positive``)."""
+    if isinstance(value, dt.timedelta):
+        value = value.total_seconds()
+    return check_seconds(value, name, positive=positive)
+
+
+def _encode_payload(codec: Codec, data: Any) -> str:
+    try:
+        return encode_result(codec, data)[0]
+    except SerializationError as error:
+        raise error.named(path=error.path.replace("value", "data", 1),
+                          hint="An event's data is stored: register the type with"
+                               " JsonCodec(types=[...]), or send plain values") from None
 
 
 def check_seconds(value: object, name: str, *, positive: bool) -> float:
@@ -61,6 +83,7 @@ class RunsApi:
     executor_id: str
     lease: float
     code_version: str | None
+    suspend_after: float
 
     def _drive(self, machine: Any) -> Any:
         raise NotImplementedError
@@ -192,6 +215,135 @@ class RunsApi:
         failures[run_id] = error
         while len(failures) > 256:  # keep the causes of recent failures only
             failures.pop(next(iter(failures)))
+
+    # ------------------------------------------------------------ durable waiting
+
+    def _run_scope(self, what: str) -> Scope:
+        scope = self._in_run()
+        if scope is None:
+            raise ConfigurationError(
+                f"runtime.{what}() is durable only inside a workflow run (call it from a"
+                " @runtime.workflow body): outside one, nothing would record it, and a restart"
+                " would lose it", field="run")
+        return scope
+
+    def sleep(self, seconds: float | dt.timedelta, *, name: str | None = None) -> Any:
+        """Inside a run, sleep durably for ``seconds`` (or a ``timedelta``).
+
+        The wake time is recorded at the first execution and frozen: neither a restart nor a
+        change of ``seconds`` in code moves it. A sleep longer than ``suspend_after``
+        suspends the run (its lease and its thread are released) until it is due. The step's
+        id hashes ``name`` (default ``"sleep"``) and its occurrence, never the duration.
+
+        Raises:
+            ConfigurationError: outside a run, or a negative or non-finite duration.
+        """
+        duration = _duration(seconds, "seconds")
+        return self._sleep_until(lambda now: now + duration, name)
+
+    def sleep_until(self, when: float | dt.datetime, *, name: str | None = None) -> Any:
+        """Inside a run, sleep durably until ``when``: seconds since the epoch, or an aware
+        ``datetime`` (a naive one is refused: its moment would depend on the machine)."""
+        if isinstance(when, dt.datetime):
+            if when.tzinfo is None or when.utcoffset() is None:
+                raise ConfigurationError(
+                    f"sleep_until needs an aware datetime (with tzinfo), got {when!r}",
+                    field="when")
+            wake = when.timestamp()
+        elif isinstance(when, (int, float)) and not isinstance(when, bool) \
+                and math.isfinite(when):
+            wake = float(when)
+        else:
+            raise ConfigurationError(
+                f"sleep_until takes epoch seconds or an aware datetime, got {when!r}",
+                field="when")
+        return self._sleep_until(lambda now: wake, name)
+
+    def _sleep_until(self, wake_at: Callable[[float], float], name: str | None) -> Any:
+        self._run_scope("sleep")
+        label = "sleep" if name is None else check_text(name, "name")
+        plan = self._plan_do(f"durably.sleep:{label}", None, (), None, None)
+        return self._drive(sleep_step(plan, self._codec, self._clock.now,
+                                      wake_at(self._clock.now()), self.suspend_after))
+
+    def wait_for_event(self, name: str, *, timeout: float | dt.timedelta | None = None,
+                       default: Any = MISSING) -> Any:
+        """Inside a run, wait for the event ``name`` sent to this run and return its data.
+
+        Events sent before the wait are kept and satisfy it at once; each wait consumes the
+        oldest unconsumed event of its name, exactly once (consuming it and recording the
+        step are one fenced transaction). The deadline (``now + timeout``) is recorded at the
+        first execution and frozen; an event sent at or before it wins, even when processed
+        later. Past it, the wait returns ``default`` or raises ``WaitTimeoutError``. A wait
+        longer than ``suspend_after`` suspends the run until the event or the deadline.
+
+        Raises:
+            WaitTimeoutError: the deadline passed and no ``default`` was given.
+            ConfigurationError: outside a run, a bad name, or a ``timeout`` <= 0.
+        """
+        self._run_scope("wait_for_event")
+        event = check_text(name, "name")
+        limit = None if timeout is None else _duration(timeout, "timeout", positive=True)
+        plan = self._plan_do(f"durably.wait:{event}", None, (), None, None)
+        now = self._clock.now()
+        return self._drive(wait_step(plan, self._codec, self._clock.now, event,
+                                     None if limit is None else now + limit, default,
+                                     self.suspend_after))
+
+    def publish(self, key: str, value: Any) -> Any:
+        """Inside a run, publish ``value`` under ``key`` for others to read while the run goes
+        on (``handle.published(key)``). A durable step: the latest value per key wins, and a
+        replay publishes nothing new.
+
+        Raises:
+            SerializationError: the value cannot be encoded.
+        """
+        self._run_scope("publish")
+        label = check_text(key, "key")
+        plan = self._plan_do(f"durably.publish:{label}", None, (), None, None,
+                             handler=lambda _data: value)
+        return self._then(self._durable(plan), lambda _result: None)
+
+    def send_event(self, run_id: str, name: str, data: Any = None, *,
+                   key: str | None = None) -> Any:
+        """Send the event ``name`` with ``data`` to a run's inbox; return True, or False when
+        ``key`` was already used for this event name (nothing is stored then).
+
+        Use the sender's delivery id as ``key`` (a webhook's event id) so that a repeated
+        delivery is stored once. Inside a run, the send is a step keyed by its calling step,
+        so a replay never sends twice. Sending to a SUSPENDED run waiting for ``name`` makes it
+        due at once (and wakes this process's workers).
+
+        Raises:
+            RunNotFoundError: there is no such run.
+            RunClosedError: the run is COMPLETED, FAILED or CANCELLED.
+            SerializationError: ``data`` cannot be encoded (nothing is stored).
+            ConfigurationError: a bad run id, name or key.
+        """
+        target = check_text(run_id, "run_id")
+        event = check_text(name, "name")
+        if key is not None:
+            key = check_text(key, "key")
+        payload = _encode_payload(self._codec, data)
+        if self._in_run() is not None:
+            def make_op() -> Any:
+                step = current_step()
+                own_key = key if key is not None else step.step_id  # type: ignore[union-attr]
+                return op_send_event(self, target, event, own_key, payload)
+
+            handler = self._op_handler(make_op, lambda sent: sent)
+            plan = self._plan_do(f"durably.send:{event}", [target, payload, key], (), None,
+                                 None, handler=handler)
+            return self._then(self._durable(plan), self._nudged)
+        return self._then(self._drive(op_send_event(self, target, event, key, payload)),
+                          self._nudged)
+
+    def _run_events(self, run_id: str) -> Any:
+        return self._drive(op_events(self, run_id))
+
+    def _run_published(self, run_id: str, key: str | None, timeout: float | None,
+                       default: Any) -> Any:
+        return self._drive(op_published(self, run_id, key, timeout, default))
 
     def start(self, name: str, input: Any = None, *, run_id: str | None = None) -> Any:
         """Start a run of the workflow registered (here or in another process) as ``name``.

@@ -30,6 +30,7 @@ from ._retry import RetryPolicy
 from ._runtime_base import RuntimeBase, check_poll
 from ._step import StepFunction
 from ._threads import Family
+from ._waits import EVENT_POLL, Consume
 from ._workflows import (
     BodyOutcome,
     Dispatch,
@@ -246,6 +247,8 @@ class DurableWorkflowRuntime(RuntimeBase):
             try:
                 wait = self._drive(op_serve_pass(self, family.capacity(), poll))
             except StorageError:
+                if family.closed:
+                    return  # close() (a signal handler's, say) closed the storage mid-pass
                 logger().exception("durably: a worker pass failed; trying again")
                 wait = poll
             if not (family.closed or stop.is_set()):
@@ -368,7 +371,17 @@ class DurableWorkflowRuntime(RuntimeBase):
         return self._runs.record_step(run.run_id, run.fence, command.record)
 
     def _sleep(self, command: Sleep) -> None:
-        self._clock.sleep(command.seconds)
+        if command.for_event and isinstance(self._clock, SystemClock):
+            # Real time: wait on this process's notifications, so a local send_event ends
+            # the wait at once (events from other processes are found by the next poll).
+            self._family.wait(min(command.seconds, EVENT_POLL))
+        else:
+            self._clock.sleep(command.seconds)
+
+    def _consume(self, command: Consume) -> Any:
+        run = command.run
+        return self._runs.consume_event(run.run_id, run.fence, command.name, command.deadline,
+                                        command.record)
 
     def _attempt(self, command: RunAttempt) -> AttemptOutcome:
         if command.timeout is None:
@@ -408,5 +421,6 @@ _ANSWERS: dict[type, Callable[[DurableWorkflowRuntime, Any], Any]] = {
     ExecuteRun: DurableWorkflowRuntime._execute_run,
     Dispatch: DurableWorkflowRuntime._dispatch_run,
     RunBody: DurableWorkflowRuntime._run_body,
+    Consume: DurableWorkflowRuntime._consume,
 }
 

@@ -144,6 +144,7 @@ class RuntimeBase(RunsApi):
         max_runs: int = 8,
         code_version: str | None = None,
         shutdown_timeout: float = 10.0,
+        suspend_after: float = 30.0,
     ) -> None:
         if storage is None:
             storage = default_storage()
@@ -191,6 +192,7 @@ class RuntimeBase(RunsApi):
             else check_text(code_version, "code_version")
         self.shutdown_timeout = check_seconds(shutdown_timeout, "shutdown_timeout",
                                                positive=False)
+        self.suspend_after = check_seconds(suspend_after, "suspend_after", positive=False)
         self._family = self._new_family()
 
     # ------------------------------------------------------------ what each flavour adds
@@ -269,6 +271,7 @@ class RuntimeBase(RunsApi):
         sibling.max_runs = self.max_runs
         sibling.code_version = self.code_version
         sibling.shutdown_timeout = self.shutdown_timeout
+        sibling.suspend_after = self.suspend_after
         return sibling
 
     # ------------------------------------------------------------ registration

@@ -137,6 +137,16 @@ class Family:
             return
         self._runs[run_id] = (fence, asyncio.get_running_loop().create_task(work()))
 
+    async def settle(self, timeout: float) -> bool:
+        """Wait until no run is dispatched or executing here; False if ``timeout`` passed."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._runs or self._leases:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return False
+            await self.wait(min(left, 0.05))
+        return True
+
     async def hand_back(self, timeout: float, release: Release) -> None:
         """Stop starting runs, wait up to ``timeout`` s for those executing, then cancel and
         release the rest (their late writes are refused)."""

@@ -201,6 +201,17 @@ class Family:
 
         pool.submit(work)
 
+    def settle(self, timeout: float) -> bool:
+        """Wait until no run is dispatched or executing here; False if ``timeout`` passed."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self._in_flight or self._leases:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(left)
+        return True
+
     def hand_back(self, timeout: float, release: Release) -> None:
         """Stop starting runs, wait up to ``timeout`` s for those executing, and release the
         rest (queued ones, and any still executing: their late writes are refused)."""

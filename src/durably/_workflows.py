@@ -37,10 +37,11 @@ from ._errors import (
     StorageError,
     WorkflowFailedError,
 )
-from ._records import TERMINAL, ErrorInfo, RunRecord, RunStatus
+from ._records import TERMINAL, ErrorInfo, RunRecord, RunStatus, StepRecord, StepStatus
 from ._registry import check_text
 from ._storage import RunStorage, StepStorage
 from ._tags import canonical_json
+from ._waits import MISSING, Suspend
 
 __all__ = [
     "BodyOutcome", "Dispatch", "ExecuteRun", "Pause", "RecoveryReport", "RunBody", "RunHost",
@@ -103,16 +104,17 @@ class RunBody:
 
 class BodyOutcome:
     """How a body ended: ``value``, or ``error``, or it ``lost`` its run, or it passed its
-    ``deadline`` at a step boundary."""
+    ``deadline`` at a step boundary, or it is to ``suspend`` (a long wait)."""
 
-    __slots__ = ("deadline", "error", "lost", "value")
+    __slots__ = ("deadline", "error", "lost", "suspend", "value")
 
     def __init__(self, value: Any = None, error: Exception | None = None, lost: bool = False,
-                 deadline: bool = False) -> None:
+                 deadline: bool = False, suspend: Suspend | None = None) -> None:
         self.value = value
         self.error = error
         self.lost = lost
         self.deadline = deadline
+        self.suspend = suspend
 
 
 def body_outcome(error: BaseException) -> BodyOutcome:
@@ -123,6 +125,8 @@ def body_outcome(error: BaseException) -> BodyOutcome:
         return BodyOutcome(lost=True)
     if isinstance(error, DeadlinePassed):
         return BodyOutcome(deadline=True)
+    if isinstance(error, Suspend):
+        return BodyOutcome(suspend=error)
     if isinstance(error, RunUnwind):
         raise TypeError(f"no driver answer for {type(error).__name__}") from error
     if isinstance(error, Exception):
@@ -235,6 +239,10 @@ def run_machine(host: RunHost, claimed: RunRecord) -> Op:
             return
         if outcome.deadline:
             yield from _cancel_for_deadline(host, run_id)
+            return
+        if outcome.suspend is not None:  # a long wait: release the run until it is due
+            yield StoreCall(runs.suspend, run_id, fence, host._now(), outcome.suspend.wake_at,
+                            outcome.suspend.waiting_for)
             return
         if outcome.error is not None:
             host._note_failure(run_id, outcome.error)
@@ -410,6 +418,62 @@ def op_list_runs(host: RunHost, status: RunStatus | str | None, workflow: str | 
                             limit=limit, after=after))
 
 
+# ---------------------------------------------------------------- events and published values
+
+
+def op_send_event(host: RunHost, run_id: str, name: str, key: str | None, payload: str) -> Op:
+    """Put an event in a run's inbox; True, or False for a repeated key."""
+    return (yield StoreCall(host._runs.add_event, run_id, name, key, payload, host._now()))
+
+
+def op_events(host: RunHost, run_id: str) -> Op:
+    """The run's inbox."""
+    yield from op_get_run(host, run_id)
+    return (yield StoreCall(host._runs.list_events, run_id))
+
+
+def _published(host: RunHost, steps: list[StepRecord]) -> dict[str, Any]:
+    """The latest value of every key a run published (by its publish steps, in call order)."""
+    values: dict[str, Any] = {}
+    for step in steps:
+        if step.status is StepStatus.COMPLETED and step.action.startswith(PUBLISH):
+            values[step.action[len(PUBLISH):]] = decode_text(
+                host._codec, step.result or "null", f"published value of step {step.step_id}")
+    return values
+
+
+PUBLISH = "durably.publish:"
+
+
+def op_published(host: RunHost, run_id: str, key: str | None, timeout: float | None,
+                 default: Any) -> Op:
+    """One published value (waiting up to ``timeout`` for it), or all of them (``key`` None).
+
+    Raises:
+        TimeoutError: the time ran out and no default was given.
+        KeyError: the run finished without publishing ``key`` and no default was given.
+    """
+    limit = None if timeout is None else time.monotonic() + timeout
+    pause = 0.005
+    while True:
+        run = yield from op_get_run(host, run_id)
+        steps = yield StoreCall(host._storage.list, workflow_id=run_id)
+        values = _published(host, steps)
+        if key is None:
+            return values
+        if key in values:
+            return values[key]
+        if run.status in TERMINAL or (limit is not None and time.monotonic() >= limit):
+            if default is not MISSING:
+                return default
+            if run.status in TERMINAL:
+                raise KeyError(f"run {run_id!r} finished without publishing {key!r}")
+            raise TimeoutError(f"run {run_id!r} did not publish {key!r} within {timeout} s")
+        wait = pause if limit is None else min(pause, max(0.0, limit - time.monotonic()))
+        yield Pause(wait)
+        pause = min(pause * 2, 0.5)
+
+
 # ---------------------------------------------------------------- recovery and workers
 
 
@@ -459,7 +523,7 @@ def op_serve_pass(host: RunHost, capacity: int, poll: float) -> Op:
                 yield Dispatch(run)
         if len(claimed) >= capacity:
             return 0.0  # there may be more: come back at once
-    wake = yield StoreCall(host._runs.next_wake_at)
+    wake = yield StoreCall(host._runs.next_wake_at, host._workflow_names())
     if wake is None:
         return poll
     return max(0.0, min(poll, wake - host._now()))

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import runs  # noqa: E402
 import steps  # noqa: E402
+import waits  # noqa: E402
 from common import Row, report  # noqa: E402
 
 import durably  # noqa: E402
@@ -51,7 +52,8 @@ def main() -> None:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as name:
         directory = Path(name)
-        wanted = set(options.only.split(",")) if options.only else set("123456789")
+        wanted = set(options.only.split(",")) if options.only else {
+            str(n) for n in range(1, 11)}
         scenarios: list[tuple[str, Callable[[], list[Row]]]] = [
             ("1", lambda: steps.scenario_sqlite(directory, 200 if quick else 2000, reps)),
             ("2", lambda: steps.scenario_memory(2000 if quick else 20000, reps)),
@@ -68,6 +70,11 @@ def main() -> None:
             ("9", lambda: runs.scenario_ten_step_run(directory, 20 if quick else 200, reps)),
             ("9", lambda: runs.scenario_recover(directory, 500 if quick else 10000,
                                                 1 if quick else 3)),
+            ("10", lambda: waits.scenario_due_waits(directory, 200 if quick else 2000, reps)),
+            ("10", lambda: waits.scenario_send_event(directory, 200 if quick else 2000, reps)),
+            ("10", lambda: waits.scenario_due_scan(directory, 100 if quick else 1000,
+                                                   1000 if quick else 10000,
+                                                   1 if quick else 3)),
         ]
         for number, scenario in scenarios:
             if number in wanted:

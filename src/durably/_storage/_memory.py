@@ -271,11 +271,12 @@ class InMemoryStepStorage:
                 del self._records[step_id]
             return existed
 
-    def next_wake_at(self) -> float | None:
-        """The earliest time at which a run becomes due, or ``None``."""
+    def next_wake_at(self, workflows: Collection[str] | None = None) -> float | None:
+        """The earliest time at which a run (of ``workflows``) becomes due, or ``None``."""
         with self._lock:
             times = [run.wake_at if run.status in (_PENDING, _SUSPENDED) else run.lease_until
-                     for run in self._runs.values() if run.status not in TERMINAL]
+                     for run in self._runs.values() if run.status not in TERMINAL
+                     and (workflows is None or run.workflow in workflows)]
         present = [t for t in times if t is not None]
         return min(present) if present else None
 
@@ -296,15 +297,16 @@ class InMemoryStepStorage:
             run = self._runs.get(run_id)
             if run is None:
                 raise RunNotFoundError(run_id)
-            if run.status in TERMINAL:
-                raise RunClosedError(run_id, run.status.value)
             inbox = self._events.setdefault(run_id, [])
             if key is not None and any(e.name == name and e.key == key for e in inbox):
-                return False
+                return False  # a repeat, even to a finished run: still harmless
+            if run.status in TERMINAL:
+                raise RunClosedError(run_id, run.status.value)
             inbox.append(EventRecord(seq=next(self._event_seq), run_id=run_id, name=name,
                                      key=key, payload=payload, sent_at=now))
             if run.status is _SUSPENDED and run.waiting_for == name:
-                self._runs[run_id] = dataclasses.replace(run, wake_at=now, updated_at=now)
+                wake_at = now if run.wake_at is None else min(run.wake_at, now)
+                self._runs[run_id] = dataclasses.replace(run, wake_at=wake_at, updated_at=now)
             return True
 
     def consume_event(self, run_id: str, fence: int, name: str, deadline: float | None,

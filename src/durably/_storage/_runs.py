@@ -123,9 +123,10 @@ class RunStorage(Protocol):
         """Delete the run with its steps and its events; return whether it existed."""
         ...
 
-    def next_wake_at(self) -> float | None:
-        """The earliest time at which a run becomes due (a ``wake_at`` of a PENDING or
-        SUSPENDED run, or the ``lease_until`` of a RUNNING one), or ``None``."""
+    def next_wake_at(self, workflows: Collection[str] | None = None) -> float | None:
+        """The earliest time at which a run (of ``workflows``, when given) becomes due: a
+        ``wake_at`` of a PENDING or SUSPENDED run, or the ``lease_until`` of a RUNNING one;
+        ``None`` if there is none."""
         ...
 
     def add_event(self, run_id: str, name: str, key: str | None, payload: str,
@@ -134,7 +135,8 @@ class RunStorage(Protocol):
         used by an event of that name.
 
         Raises ``RunNotFoundError`` for an unknown run and ``RunClosedError`` for a terminal
-        one. An event for a SUSPENDED run waiting for ``name`` makes the run due now.
+        one (a repeated key still returns False: a repeat is harmless whenever it comes). An
+        event for a SUSPENDED run waiting for ``name`` makes the run due now.
         """
         ...
 

@@ -338,10 +338,29 @@ class RunStorageContract:
         (claimed,) = storage.claim("w", T0, 10.0)
         storage.suspend("r", claimed.fence, T0 + 1, None, "approved")
         assert storage.claim("w", T0 + 5, 10.0) == []
-        storage.add_event("r", "approved", None, "1", T0 + 5)
+        storage.add_event("r", "approved", "delivery-1", "1", T0 + 5)
         (woken,) = storage.claim("w", T0 + 5, 10.0)
         storage.finish("r", woken.fence, RunStatus.COMPLETED, T0 + 6, result="1")
         _raises(RunClosedError, lambda: storage.add_event("r", "x", None, "1", T0 + 7))
+        # A repeated key is still answered False, even now: a repeat is harmless.
+        assert storage.add_event("r", "approved", "delivery-1", "1", T0 + 8) is False
+
+    def test_an_event_wakes_only_its_waiter_and_never_later(self, storage: Any) -> None:
+        """An event of another name leaves a SUSPENDED run asleep; the awaited one makes it due
+        at its sent time, or leaves an earlier (already past) wake time as it was."""
+        storage.create_run(_run("r"))
+        storage.create_run(_run("late"))
+        for run_id, wake_at in (("r", None), ("late", T0 + 10)):
+            (claimed,) = storage.claim("w", T0, 10.0, run_id=run_id)
+            storage.suspend(run_id, claimed.fence, T0 + 1, wake_at, "approved")
+        assert storage.next_wake_at() == T0 + 10  # a wait without timeout has no wake time
+        storage.add_event("r", "other", None, "1", T0 + 2)
+        assert storage.get_run("r").wake_at is None
+        storage.add_event("r", "approved", None, "1", T0 + 3)
+        storage.add_event("late", "approved", None, "1", T0 + 20)
+        assert storage.get_run("r").wake_at == T0 + 3
+        assert storage.get_run("late").wake_at == T0 + 10
+        assert storage.next_wake_at() == T0 + 3
 
     def test_suspending_for_an_event_already_sent_is_due_at_once(self, storage: Any) -> None:
         """suspend finds the awaited event in the inbox and makes the run due now."""

@@ -30,7 +30,7 @@ from ..._records import (
 from .._memory import recovery_limit_error
 from ._connection import transaction
 from ._rows import record_to_row, row_to_event, row_to_record, row_to_run, run_to_row
-from ._schema import EVENT_COLUMNS, RUN_COLUMNS, STEP_COLUMNS, TableNames
+from ._schema import EVENT_COLUMNS, HELD, RUN_COLUMNS, STEP_COLUMNS, WAKING, TableNames
 
 __all__ = ["RunTables"]
 
@@ -77,6 +77,8 @@ class RunTables:
 
     def _build_run_statements(self) -> None:
         runs, steps = self._names.runs, self._names.steps
+        self._due_index = f"INDEXED BY {runs}_due"
+        self._expiry_index = f"INDEXED BY {runs}_expiry"
         owned = f"EXISTS (SELECT 1 FROM {runs} WHERE run_id = ? AND fence = ? AND" \
                 " status = 'running')"
         updates = ", ".join(f"{name} = excluded.{name}" for name in STEP_COLUMNS[1:])
@@ -102,6 +104,13 @@ class RunTables:
             f"UPDATE {runs} SET status = ?, result = ?, error = ?, owner = NULL,"
             " lease_until = NULL, wake_at = NULL, waiting_for = NULL, updated_at = ?,"
             " completed_at = ? WHERE run_id = ? AND fence = ? AND status = 'running'")
+        events = self._names.events
+        self._sql_event_insert = (
+            f"INSERT INTO {events} (run_id, name, key, payload, sent_at) SELECT ?, ?, ?, ?, ?"
+            f" WHERE EXISTS (SELECT 1 FROM {runs} WHERE run_id = ? AND status NOT IN"
+            f" ({_TERMINAL_MARKS})) ON CONFLICT (run_id, name, key) DO NOTHING")
+        self._sql_event_keyed = (
+            f"SELECT 1 FROM {events} WHERE run_id = ? AND name = ? AND key = ?")
         self._sql_claim_one = (
             f"UPDATE {runs} SET status = 'running', owner = ?, lease_until = ?,"
             " fence = fence + 1, recovery_count = recovery_count + (status = 'running'),"
@@ -194,10 +203,10 @@ class RunTables:
         select = (
             "SELECT run_id, status, recovery_count, max_recoveries FROM ("
             f" SELECT run_id, status, recovery_count, max_recoveries, seq, wake_at AS due"
-            f" FROM {runs} WHERE status IN ('pending', 'suspended') AND wake_at <= ?{where}"
+            f" FROM {runs} {self._due_index} WHERE {WAKING} AND wake_at <= ?{where}"
             f" UNION ALL SELECT run_id, status, recovery_count, max_recoveries, seq,"
-            f" lease_until AS due FROM {runs} WHERE status = 'running' AND lease_until < ?"
-            f"{where}) ORDER BY due, seq LIMIT ?")
+            f" lease_until AS due FROM {runs} {self._expiry_index} WHERE {HELD}"
+            f" AND lease_until < ?{where}) ORDER BY due, seq LIMIT ?")
         cap = -1 if limit is None else int(limit)  # SQLite: a negative LIMIT is no limit
         claim_sql = (
             f"UPDATE {runs} SET status = 'running', owner = ?, lease_until = ?,"
@@ -373,8 +382,7 @@ class RunTables:
                            " 9223372036854775807)")
             params.append(after)
         if due is not None:
-            clauses.append("((status IN ('pending', 'suspended') AND wake_at <= ?)"
-                           " OR (status = 'running' AND lease_until < ?))")
+            clauses.append(f"(({WAKING} AND wake_at <= ?) OR ({HELD} AND lease_until < ?))")
             params.extend((due, due))
         where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
         params.append(-1 if limit is None else int(limit))
@@ -396,16 +404,24 @@ class RunTables:
 
         return self._atomic("deleting run", work, subject=run_id)
 
-    def next_wake_at(self) -> float | None:
-        """The earliest time at which a run becomes due, or ``None``."""
+    def next_wake_at(self, workflows: Collection[str] | None = None) -> float | None:
+        """The earliest time at which a run (of ``workflows``) becomes due, or ``None``."""
         runs = self._names.runs
+        where: str = ""
+        params: tuple[str, ...] = ()
+        if workflows is not None:
+            marks = _marks(len(workflows))
+            where, params = f" AND workflow IN ({marks})", tuple(workflows)
         with self._lock, self._guarded("reading wake times"):
             conn = self._connection()
-            waking = conn.execute(f"SELECT min(wake_at) FROM {runs}"
-                                  " WHERE status IN ('pending', 'suspended')").fetchone()[0]
-            expiring = conn.execute(f"SELECT min(lease_until) FROM {runs}"
-                                    " WHERE status = 'running'").fetchone()[0]
-        present = [t for t in (waking, expiring) if t is not None]
+            waking = conn.execute(
+                f"SELECT wake_at FROM {runs} {self._due_index} WHERE {WAKING}"
+                f" AND wake_at IS NOT NULL{where} ORDER BY wake_at LIMIT 1", params).fetchone()
+            expiring = conn.execute(
+                f"SELECT lease_until FROM {runs} {self._expiry_index} WHERE {HELD}"
+                f" AND lease_until IS NOT NULL{where} ORDER BY lease_until LIMIT 1",
+                params).fetchone()
+        present = [row[0] for row in (waking, expiring) if row is not None]
         return min(present) if present else None
 
     # ------------------------------------------------------------------ events
@@ -423,26 +439,26 @@ class RunTables:
 
     def add_event(self, run_id: str, name: str, key: str | None, payload: str,
                   now: float) -> bool:
-        """Put an event in the inbox (see ``RunStorage.add_event``)."""
-        names = self._names
+        """Put an event in the inbox (see ``RunStorage.add_event``).
 
-        def work(conn: sqlite3.Connection) -> bool:
-            run = self._run(conn, run_id)
-            if run is None:
-                raise RunNotFoundError(run_id)
-            if run.status in TERMINAL:
-                raise RunClosedError(run_id, run.status.value)
-            if not conn.execute(
-                    f"INSERT INTO {names.events} (run_id, name, key, payload, sent_at)"
-                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (run_id, name, key) DO NOTHING",
-                    (run_id, name, key, payload, now)).rowcount:
-                return False
-            if run.status is RunStatus.SUSPENDED and run.waiting_for == name:
-                conn.execute(f"UPDATE {names.runs} SET wake_at = ?, updated_at = ?"
-                             " WHERE run_id = ?", (now, now, run_id))
-            return True
-
-        return self._atomic("sending event", work, subject=run_id)
+        One statement: the insert happens only while the run is open, the unique key drops a
+        repeat, and the schema's trigger makes a SUSPENDED run waiting for ``name`` due. Only
+        when nothing was inserted is the run read, to tell a repeat from a missing or closed run.
+        """
+        with self._lock, self._guarded("sending event", run_id):
+            conn = self._writable()
+            if conn.execute(self._sql_event_insert,
+                            (run_id, name, key, payload, now, run_id, *_TERMINAL)).rowcount:
+                return True
+            if key is not None and conn.execute(self._sql_event_keyed,
+                                                (run_id, name, key)).fetchone() is not None:
+                return False  # a repeat, even to a finished run: still harmless
+            row = conn.execute(self._sql_fence_of, (run_id,)).fetchone()
+        if row is None:
+            raise RunNotFoundError(run_id)
+        if row[0] in _TERMINAL:
+            raise RunClosedError(run_id, row[0])
+        return self.add_event(run_id, name, key, payload, now)  # reopened meanwhile: again
 
     def consume_event(self, run_id: str, fence: int, name: str, deadline: float | None,
                       record: StepRecord) -> tuple[EventRecord | None, StepRecord]:

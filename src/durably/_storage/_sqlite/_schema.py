@@ -7,6 +7,8 @@ Version 1 (wave 1) kept steps in a rowid table keyed by ``step_id``. Version 2 r
 an explicit ``seq INTEGER PRIMARY KEY``: the order in which records were first written, which
 ``list()`` returns and which ``VACUUM`` can never renumber (it may renumber implicit rowids).
 The rebuild copies version-1 rows in their rowid order, which is their first-write order.
+Version 2 (unreleased wave 2, so still open to change) also adds the runs and events tables
+and the trigger that wakes a run when the event it waits for is stored.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from __future__ import annotations
 import re
 
 __all__ = [
-    "EVENT_COLUMNS", "MIGRATIONS", "OWN_SHAPES", "RUN_COLUMNS", "SCHEMA_VERSION",
-    "STEP_COLUMNS", "STEP_SHAPE", "TableNames", "check_identifier",
+    "EVENT_COLUMNS", "HELD", "MIGRATIONS", "OWN_SHAPES", "RUN_COLUMNS", "SCHEMA_VERSION",
+    "STEP_COLUMNS", "STEP_SHAPE", "WAKING", "TableNames", "check_identifier",
 ]
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
@@ -38,6 +40,12 @@ EVENT_COLUMNS = ("seq", "run_id", "name", "key", "payload", "sent_at", "consumed
 STEP_SHAPE = frozenset(STEP_COLUMNS)
 OWN_SHAPES: tuple[frozenset[str], ...] = (STEP_SHAPE, frozenset(RUN_COLUMNS),
                                           frozenset(EVENT_COLUMNS))
+
+# The conditions of the two partial indexes on runs. A query can read a partial index only
+# when its WHERE contains the index's condition, so the due and expiry scans use these same
+# texts (and name the index: without ANALYZE figures SQLite would prefer by_status).
+WAKING = "status IN ('pending', 'suspended')"
+HELD = "status = 'running'"
 
 _STEPS_V2 = """CREATE TABLE {steps} (
     seq INTEGER PRIMARY KEY,
@@ -112,10 +120,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         # The due scan (claim, run_due, next_wake_at) and the expiry scan read only these
         # partial indexes, so their cost does not grow with runs that are not due.
-        "CREATE INDEX IF NOT EXISTS {runs}_due ON {runs} (wake_at)"
-        " WHERE status IN ('pending', 'suspended')",
-        "CREATE INDEX IF NOT EXISTS {runs}_expiry ON {runs} (lease_until)"
-        " WHERE status = 'running'",
+        "CREATE INDEX IF NOT EXISTS {runs}_due ON {runs} (wake_at) WHERE " + WAKING,
+        "CREATE INDEX IF NOT EXISTS {runs}_expiry ON {runs} (lease_until) WHERE " + HELD,
         "CREATE INDEX IF NOT EXISTS {runs}_by_workflow ON {runs} (workflow, seq)",
         "CREATE INDEX IF NOT EXISTS {runs}_by_status ON {runs} (status, seq)",
         # The inboxes: one row per event sent to a run.
@@ -132,7 +138,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX IF NOT EXISTS {events}_unconsumed ON {events} (run_id, name, seq)"
         " WHERE consumed_by IS NULL",
-        "CREATE INDEX IF NOT EXISTS {events}_by_run ON {events} (run_id, seq)",
+        # list_events reads the unique index by its run_id prefix; no index of its own, so
+        # that storing an event writes as few b-trees as possible.
+
+        # An event wakes the run waiting for it in the statement that stores it: send_event
+        # is one INSERT, with no moment where the event is stored but the SUSPENDED run
+        # waiting for it is not yet due. (A timeout already past stays the wake time.)
+        """CREATE TRIGGER IF NOT EXISTS {events}_wake AFTER INSERT ON {events}
+        BEGIN
+            UPDATE {runs} SET wake_at = min(coalesce(wake_at, NEW.sent_at), NEW.sent_at),
+                updated_at = NEW.sent_at
+            WHERE run_id = NEW.run_id AND status = 'suspended' AND waiting_for = NEW.name;
+        END""",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
