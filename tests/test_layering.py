@@ -11,10 +11,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "durably"
 # (modules of the same rank are siblings and do not import each other).
 LAYERS: dict[str, float] = {
     "_errors": 0,
-    "_records": 1,
+    "_records": 1, "_display": 1,
     "_tags": 2, "_retry": 2, "_clock": 2,
     "_codec": 3,
     "_ids": 3, "_registry": 3,
+    "_forks": 3.5, "_export": 3.5,
     "_view": 4,
     "_context": 5,
     "_storage": 6, "_storage._base": 6, "_storage._runs": 6,
@@ -28,7 +29,9 @@ LAYERS: dict[str, float] = {
     "_runtime_base": 12,
     "_runtime": 13, "_aio": 13,
     "testing": 14, "testing._contract": 14, "testing._run_contract": 14,
-    "__init__": 15, "__main__": 16,
+    "__init__": 15,
+    "_cli._session": 15.2, "_cli._reading": 15.4, "_cli._writing": 15.4,
+    "_cli._moving": 15.4, "_cli": 15.6, "__main__": 16,
 }
 # Every module the layout of docs/layout.md names must be placed above.
 

@@ -2,9 +2,10 @@
 
 Layering (lower modules never import higher ones; tests/test_layering.py enforces it)::
 
-    _errors -> _records -> _tags / _retry / _clock -> _codec / _ids / _registry -> _view
-            -> _context -> _storage/* -> _core / _workflows -> _threads / _tasks / _handles /
-            _proxy / _step -> _runtime_base -> _runtime / _aio -> testing
+    _errors -> _records / _display -> _tags / _retry / _clock -> _codec / _ids / _registry
+            -> _forks / _export -> _view -> _context -> _storage/* -> _core / _waits
+            -> _workflows -> _threads / _tasks / _handles / _proxy / _step -> _runs_api
+            -> _runtime_base -> _runtime / _aio -> testing  (and above __init__: _cli)
 
 This module only re-exports the public names. The asyncio flavour is imported on first use
 (through ``__getattr__``), so that programs that never touch it do not pay for importing
@@ -34,6 +35,7 @@ from ._errors import RunConflictError as RunConflictError
 from ._errors import RunNotFoundError as RunNotFoundError
 from ._errors import SerializationError as SerializationError
 from ._errors import StepInterruptedError as StepInterruptedError
+from ._errors import StepNotFoundError as StepNotFoundError
 from ._errors import StepTimeoutError as StepTimeoutError
 from ._errors import StorageError as StorageError
 from ._errors import WaitTimeoutError as WaitTimeoutError
@@ -124,6 +126,7 @@ __all__ = [
     "StepFunction",
     "StepHooks",
     "StepInterruptedError",
+    "StepNotFoundError",
     "StepRecord",
     "StepStatus",
     "StepStorage",

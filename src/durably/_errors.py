@@ -19,6 +19,8 @@ Everything durably raises on purpose derives from :class:`DurableError`::
         ├── RunConflictError                              a run id is taken by another workflow
         │                                                 or another input
         ├── RunNotFoundError        (also a LookupError)  no run has that id
+        ├── StepNotFoundError       (also a LookupError)  no step of the run matches a fork's or
+        │                                                 restart's from_step
         ├── WorkflowFailedError                           the run's body raised; carries the
         │                                                 recorded ErrorInfo
         ├── RunCancelledError                             the run was cancelled (or passed its
@@ -63,6 +65,7 @@ __all__ = [
     "RunNotFoundError",
     "SerializationError",
     "StepInterruptedError",
+    "StepNotFoundError",
     "StepTimeoutError",
     "StorageError",
     "WaitTimeoutError",
@@ -313,6 +316,18 @@ class RunNotFoundError(RunError, LookupError):
 
     def __init__(self, run_id: str) -> None:
         super().__init__(run_id, f"no run {run_id!r}")
+
+
+class StepNotFoundError(RunError, LookupError):
+    """No step of the run matches ``from_step`` (of ``fork`` or ``restart``).
+
+    Attributes: ``run_id``, ``step`` (what was asked for).
+    """
+
+    def __init__(self, run_id: str, step: str, hint: str = "") -> None:
+        super().__init__(run_id, f"run {run_id!r} has no step {step!r}"
+                                 + (f": {hint}" if hint else ""))
+        self.step = step
 
 
 class WorkflowFailedError(RunError):

@@ -43,6 +43,12 @@ class HandleHost(Protocol):
 
     def _run_events(self, run_id: str) -> Any: ...
 
+    def fork(self, run_id: str, from_step: str, *, new_run_id: str | None = None) -> Any: ...
+
+    def restart(self, run_id: str, from_step: str) -> Any: ...
+
+    def delete_run(self, run_id: str) -> Any: ...
+
     def _run_published(self, run_id: str, key: str | None, timeout: float | None,
                        default: Any) -> Any: ...
 
@@ -177,6 +183,20 @@ class RunHandle(_HandleBase, Generic[R]):
         done: bool = self._host._run_resume(self.run_id)
         return done
 
+    def fork(self, from_step: str, new_run_id: str | None = None) -> RunHandle[R]:
+        """Start a new run that keeps this run's history before ``from_step`` and executes
+        from there; this run is unchanged (see ``runtime.fork``)."""
+        handle: RunHandle[R] = self._host.fork(self.run_id, from_step, new_run_id=new_run_id)
+        return handle
+
+    def restart(self, from_step: str) -> None:
+        """Execute this run again from ``from_step``, in place (see ``runtime.restart``)."""
+        self._host.restart(self.run_id, from_step)
+
+    def delete(self) -> bool:
+        """Delete the run with its steps and inbox; False if it was already gone."""
+        done: bool = self._host.delete_run(self.run_id)
+        return done
 
     def events(self) -> list[EventRecord]:
         """Return the run's inbox (``EventRecord``s in the order they were sent), consumed
@@ -229,6 +249,20 @@ class AsyncRunHandle(_HandleBase, Generic[R]):
         done: bool = await self._host._run_resume(self.run_id)
         return done
 
+    async def fork(self, from_step: str, new_run_id: str | None = None) -> AsyncRunHandle[R]:
+        """Start a new run from this one's history (see :meth:`RunHandle.fork`)."""
+        handle: AsyncRunHandle[R] = await self._host.fork(self.run_id, from_step,
+                                                          new_run_id=new_run_id)
+        return handle
+
+    async def restart(self, from_step: str) -> None:
+        """Execute this run again from ``from_step`` (see :meth:`RunHandle.restart`)."""
+        await self._host.restart(self.run_id, from_step)
+
+    async def delete(self) -> bool:
+        """Delete the run with its steps and inbox (see :meth:`RunHandle.delete`)."""
+        done: bool = await self._host.delete_run(self.run_id)
+        return done
 
     async def events(self) -> list[EventRecord]:
         """Return the run's inbox (see :meth:`RunHandle.events`)."""

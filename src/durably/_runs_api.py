@@ -24,11 +24,14 @@ from ._waits import MISSING, sleep_step, wait_step
 from ._workflows import (
     WorkflowSpec,
     op_cancel,
+    op_delete,
     op_events,
+    op_fork,
     op_get_run,
     op_list_runs,
     op_published,
     op_recover,
+    op_restart,
     op_result,
     op_resume,
     op_run,
@@ -365,6 +368,44 @@ class RunsApi:
         """
         return self._then(self._drive(op_get_run(self, run_id)),
                           lambda run: self._handle(run.run_id))
+
+    def fork(self, run_id: str, from_step: str, *, new_run_id: str | None = None) -> Any:
+        """Start a new run with ``run_id``'s workflow and input that keeps its history before
+        ``from_step`` and executes from there (the source is unchanged); return its handle.
+
+        ``from_step`` is a step's full id, its local id (as ``python -m durably show``
+        prints it), ``"Action.name#k"`` (the k-th step of that action, counted from 1) or
+        ``"last-failure"``. Kept are the steps that had COMPLETED when that step was first
+        written; the fork's inbox has the source's events (those consumed by steps not kept
+        are unconsumed again). The new run is PENDING: a worker, ``recover()`` or
+        ``run_due()`` executes it. Without ``new_run_id`` a fresh id is made.
+
+        Raises:
+            RunNotFoundError: no run ``run_id``.
+            StepNotFoundError: ``from_step`` names no step of it.
+            RunConflictError: ``new_run_id`` is taken.
+        """
+        return self._then(self._drive(op_fork(self, run_id, from_step, new_run_id)),
+                          lambda run: self._nudged(self._handle(run.run_id)))
+
+    def restart(self, run_id: str, from_step: str) -> Any:
+        """Execute the run again from ``from_step`` (named as for :meth:`fork`), in place:
+        the steps from there on are deleted, the events they consumed are given back, and
+        the run becomes PENDING with a fresh recovery budget and a bumped fence (an owner
+        still executing it is refused at its next write). Works in any status. Returns the
+        run's handle.
+
+        Raises:
+            RunNotFoundError: no such run.
+            StepNotFoundError: ``from_step`` names no step of it.
+        """
+        return self._then(self._drive(op_restart(self, run_id, from_step)),
+                          lambda run: self._nudged(self._handle(run.run_id)))
+
+    def delete_run(self, run_id: str) -> Any:
+        """Delete the run with its steps and its inbox, whatever its status (an owner still
+        executing it is refused at its next write); False if there was no such run."""
+        return self._drive(op_delete(self, run_id))
 
     def list_runs(self, status: RunStatus | str | None = None, workflow: str | None = None,
                   limit: int | None = 100, after: str | None = None) -> Any:

@@ -18,6 +18,7 @@ docs/runs.md for the whole lifecycle.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 import uuid
@@ -37,6 +38,7 @@ from ._errors import (
     StorageError,
     WorkflowFailedError,
 )
+from ._forks import find_step, fork_history, kept_steps
 from ._records import TERMINAL, ErrorInfo, RunRecord, RunStatus, StepRecord, StepStatus
 from ._registry import check_text
 from ._storage import RunStorage, StepStorage
@@ -400,6 +402,56 @@ def op_resume(host: RunHost, run_id: str) -> Op:
     """Resume a CANCELLED or FAILED run (False if there was nothing to resume)."""
     yield from op_get_run(host, run_id)
     return (yield StoreCall(host._runs.resume, run_id, host._now()))
+
+
+def op_fork(host: RunHost, run_id: str, from_step: str, new_run_id: str | None) -> Op:
+    """A new run with the source's input that keeps its history before ``from_step``
+    (see ``_forks``); the source is unchanged. Returns the new run as stored.
+
+    Raises:
+        RunNotFoundError: no source run.
+        StepNotFoundError: ``from_step`` names no step of it.
+        RunConflictError: ``new_run_id`` is taken.
+    """
+    source = yield from op_get_run(host, run_id)
+    target = fresh_run_id() if new_run_id is None else check_text(new_run_id, "new_run_id")
+    steps = yield StoreCall(host._storage.list, workflow_id=source.run_id)
+    cut = find_step(source.run_id, steps, check_text(from_step, "from_step"))
+    events = yield StoreCall(host._runs.list_events, source.run_id)
+    now = host._now()
+    run, copies, inbox = fork_history(source, steps, events, cut, target, now)
+    spec = host._workflow_spec(source.workflow)
+    if spec is not None and spec.timeout:
+        run = dataclasses.replace(run, deadline=now + spec.timeout)
+    if not (yield StoreCall(host._runs.insert_run, run, copies, inbox)):
+        raise RunConflictError(target, workflow=source.workflow, requested=source.workflow,
+                               reason="the id of a fork must be new")
+    return run
+
+
+def op_restart(host: RunHost, run_id: str, from_step: str) -> Op:
+    """Execute the run again from ``from_step``, in place: its history from there on is
+    deleted, the events those steps consumed are given back, and the run is PENDING with a
+    bumped fence. Returns the run as stored.
+
+    Raises:
+        RunNotFoundError: no such run.
+        StepNotFoundError: ``from_step`` names no step of it.
+    """
+    run = yield from op_get_run(host, run_id)
+    steps = yield StoreCall(host._storage.list, workflow_id=run.run_id)
+    cut = find_step(run.run_id, steps, check_text(from_step, "from_step"))
+    kept = {step.step_id for step in kept_steps(steps, cut)}
+    drop = [step.step_id for step in steps if step.step_id not in kept]
+    restarted = yield StoreCall(host._runs.restart_run, run.run_id, host._now(), drop)
+    if restarted is None:
+        raise RunNotFoundError(run_id)
+    return restarted
+
+
+def op_delete(host: RunHost, run_id: str) -> Op:
+    """Delete the run with its steps and inbox; False if there was none."""
+    return (yield StoreCall(host._runs.delete_run, check_text(run_id, "run_id")))
 
 
 def op_list_runs(host: RunHost, status: RunStatus | str | None, workflow: str | None,

@@ -10,7 +10,7 @@ import builtins
 import dataclasses
 import itertools
 import threading
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import ClassVar
 
 from .._errors import OwnershipLost, RecoveryLimitError, RunClosedError, RunNotFoundError
@@ -241,6 +241,43 @@ class InMemoryStepStorage:
             self._runs[run_id] = dataclasses.replace(
                 run, status=_PENDING, recovery_count=0, error=None, wake_at=now,
                 completed_at=None, updated_at=now)
+            return True
+
+    def restart_run(self, run_id: str, now: float,
+                    drop: Collection[str]) -> RunRecord | None:
+        """Drop steps, give back their events, and make the run PENDING (see RunStorage)."""
+        dropped = builtins.set(drop)
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is None:
+                return None
+            for step_id in dropped:
+                stored = self._records.get(step_id)
+                if stored is not None and stored.workflow_id == run_id:
+                    del self._records[step_id]
+            self._events[run_id] = [
+                dataclasses.replace(event, consumed_by=None, consumed_at=None)
+                if event.consumed_by in dropped else event
+                for event in self._events.get(run_id, ())]
+            restarted = dataclasses.replace(
+                run, status=_PENDING, fence=run.fence + 1, owner=None, lease_until=None,
+                result=None, error=None, recovery_count=0, wake_at=now, waiting_for=None,
+                updated_at=now, completed_at=None)
+            self._runs[run_id] = restarted
+            return restarted
+
+    def insert_run(self, record: RunRecord, steps: Sequence[StepRecord],
+                   events: Sequence[EventRecord]) -> bool:
+        """Insert a run with its steps and events unless its id exists (see RunStorage)."""
+        with self._lock:
+            if record.run_id in self._runs:
+                return False
+            self._runs[record.run_id] = record
+            for step in steps:
+                self._records[step.step_id] = step
+            self._events[record.run_id] = [
+                dataclasses.replace(event, seq=next(self._event_seq), run_id=record.run_id)
+                for event in events]
             return True
 
     def get_run(self, run_id: str) -> RunRecord | None:

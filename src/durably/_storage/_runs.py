@@ -9,7 +9,7 @@ Backends see encoded text only. Check an adapter with ``durably.testing.RunStora
 from __future__ import annotations
 
 import builtins
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 from .._records import ErrorInfo, EventRecord, RunRecord, RunStatus, StepRecord
@@ -103,6 +103,27 @@ class RunStorage(Protocol):
     def resume(self, run_id: str, now: float) -> bool:
         """Move a CANCELLED or FAILED run back to PENDING, due now, with a fresh recovery
         budget and no error. Returns False if there was nothing to resume."""
+        ...
+
+    def restart_run(self, run_id: str, now: float,
+                    drop: Collection[str]) -> RunRecord | None:
+        """Start a run over from a step, in one transaction: delete its steps ``drop`` (step
+        ids), give back the events they consumed (unconsumed again, in their places), and
+        make the run PENDING and due now, with its fence bumped (a live owner's next write is
+        refused), no owner, lease, result or error, and a fresh recovery budget.
+
+        Returns the run as stored after, or ``None`` if there is no such run.
+        """
+        ...
+
+    def insert_run(self, record: RunRecord, steps: Sequence[StepRecord],
+                   events: Sequence[EventRecord]) -> bool:
+        """Insert a run together with its history (a fork's copy, an import), in one
+        transaction; return False, writing nothing, if a run with its id exists.
+
+        Steps are stored as given, in the order given (their first-write order). Events keep
+        their keys, times and consumption, and get new sequence numbers in the order given.
+        """
         ...
 
     def get_run(self, run_id: str) -> RunRecord | None:

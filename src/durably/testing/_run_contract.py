@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from .._errors import OwnershipLost, RunClosedError, RunNotFoundError
-from .._records import ErrorInfo, RunRecord, RunStatus, StepRecord, StepStatus
+from .._records import ErrorInfo, EventRecord, RunRecord, RunStatus, StepRecord, StepStatus
 
 __all__ = ["RunStorageContract"]
 
@@ -265,6 +265,51 @@ class RunStorageContract:
         assert storage.delete_run("r") is True and storage.delete_run("r") is False
         assert storage.get_run("r") is None and storage.get("r/s") is None
         assert storage.list_events("r") == [] and storage.get("other/s") is not None
+
+    def test_restart_drops_steps_gives_back_their_events_and_fences_the_owner(
+            self, storage: Any) -> None:
+        """restart_run deletes the dropped steps only, unconsumes the events they consumed,
+        and makes the run PENDING and due with a bumped fence: the old owner is refused."""
+        storage.create_run(_run("r"))
+        (claimed,) = storage.claim("w", T0, 10.0)
+        storage.add_event("r", "approved", "k1", "1", T0)
+        storage.record_step("r", claimed.fence, _step("r", "a", StepStatus.COMPLETED,
+                                                      result="1", completed_at=T0))
+        storage.consume_event("r", claimed.fence, "approved", None, _step("r", "wait"))
+        storage.record_step("r", claimed.fence, _step("r", "b", StepStatus.FAILED))
+        restarted = storage.restart_run("r", T0 + 5, ["r/wait", "r/b"])
+        assert (restarted.status, restarted.fence, restarted.owner, restarted.wake_at,
+                restarted.recovery_count) == (RunStatus.PENDING, claimed.fence + 1, None,
+                                              T0 + 5, 0)
+        assert [s.step_id for s in storage.list(workflow_id="r")] == ["r/a"]
+        (event,) = storage.list_events("r")
+        assert (event.consumed_by, event.consumed_at, event.key) == (None, None, "k1")
+        _raises(OwnershipLost, lambda: storage.record_step("r", claimed.fence,
+                                                           _step("r", "c")))
+        assert storage.get_run("r") == restarted
+        assert storage.restart_run("nope", T0, []) is None
+
+    def test_insert_run_stores_a_whole_history_once(self, storage: Any) -> None:
+        """insert_run stores the run, its steps in order and its events as given (new
+        sequence numbers); a second insert of the id writes nothing."""
+        run = _run("copy", status=RunStatus.SUSPENDED, waiting_for="approved", wake_at=None,
+                   forked_from="r", fence=3)
+        steps = [_step("copy", "b", StepStatus.COMPLETED, result="2"),
+                 _step("copy", "a", StepStatus.COMPLETED, result="1")]
+        events = [EventRecord(seq=99, run_id="r", name="approved", key="k", payload="1",
+                              sent_at=T0, consumed_by="copy/b", consumed_at=T0 + 1),
+                  EventRecord(seq=98, run_id="r", name="approved", key=None, payload="2",
+                              sent_at=T0 + 2)]
+        assert storage.insert_run(run, steps, events) is True
+        assert storage.get_run("copy") == run
+        assert storage.list(workflow_id="copy") == steps
+        stored = storage.list_events("copy")
+        assert [(e.run_id, e.key, e.payload, e.sent_at, e.consumed_by, e.consumed_at)
+                for e in stored] == [("copy", "k", "1", T0, "copy/b", T0 + 1),
+                                     ("copy", None, "2", T0 + 2, None, None)]
+        assert stored[0].seq < stored[1].seq
+        assert storage.insert_run(_run("copy"), [_step("copy", "z")], []) is False
+        assert storage.get_run("copy") == run and len(storage.list(workflow_id="copy")) == 2
 
     def test_error_info_round_trips(self, storage: Any) -> None:
         """A run's error comes back as the ErrorInfo that was stored."""

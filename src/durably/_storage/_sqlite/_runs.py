@@ -13,7 +13,7 @@ import dataclasses
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -358,6 +358,50 @@ class RunTables:
                 " error = NULL, wake_at = ?, completed_at = NULL, updated_at = ?"
                 " WHERE run_id = ? AND status IN ('cancelled', 'failed')",
                 (now, now, run_id)).rowcount)
+
+    def restart_run(self, run_id: str, now: float,
+                    drop: Collection[str]) -> RunRecord | None:
+        """Drop steps, give back their events, and make the run PENDING (see RunStorage)."""
+        names = self._names
+        dropped = [(step_id, run_id) for step_id in drop]
+
+        def work(conn: sqlite3.Connection) -> RunRecord | None:
+            if self._run(conn, run_id) is None:
+                return None
+            conn.executemany(f"DELETE FROM {names.steps} WHERE step_id = ? AND workflow_id = ?",
+                             dropped)
+            conn.executemany(f"UPDATE {names.events} SET consumed_by = NULL,"
+                             " consumed_at = NULL WHERE consumed_by = ? AND run_id = ?", dropped)
+            row = self._updated(conn, (
+                f"UPDATE {names.runs} SET status = 'pending', fence = fence + 1, owner = NULL,"
+                " lease_until = NULL, result = NULL, error = NULL, recovery_count = 0,"
+                " wake_at = ?, waiting_for = NULL, updated_at = ?, completed_at = NULL"
+                " WHERE run_id = ?"), (now, now, run_id), run_id)
+            return row_to_run(row, self.path)
+
+        return self._atomic("restarting run", work, subject=run_id)
+
+    def insert_run(self, record: RunRecord, steps: Sequence[StepRecord],
+                   events: Sequence[EventRecord]) -> bool:
+        """Insert a run with its steps and events unless its id exists (see RunStorage)."""
+        names = self._names
+        step_rows = [record_to_row(step, self.path) for step in steps]
+        event_rows = [(record.run_id, e.name, e.key, e.payload, e.sent_at, e.consumed_by,
+                       e.consumed_at) for e in events]
+
+        def work(conn: sqlite3.Connection) -> bool:
+            if self._run(conn, record.run_id) is not None:
+                return False
+            # Events before the run: the wake trigger finds no run to change, so the run is
+            # stored exactly as given.
+            conn.executemany(
+                f"INSERT INTO {names.events} (run_id, name, key, payload, sent_at, consumed_by,"
+                " consumed_at) VALUES (?, ?, ?, ?, ?, ?, ?)", event_rows)
+            conn.execute(self._sql_run_insert, run_to_row(record))
+            conn.executemany(self._sql_step_upsert, step_rows)
+            return True
+
+        return self._atomic("inserting run", work, subject=record.run_id)
 
     def get_run(self, run_id: str) -> RunRecord | None:
         """Return the run, or ``None``."""
