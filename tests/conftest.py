@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import os
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +31,72 @@ def completed_record(step_id: str, result: str, **fields: Any) -> StepRecord:
                        completed_at=101.0, updated_at=101.0, **fields)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+# The PostgreSQL server of the tests (a libpq connection string): .ci/run always sets it; the
+# PostgreSQL tests skip only when it is unset (README: how to run them locally).
+PG_DSN = os.environ.get("DURABLY_TEST_PG_DSN")
+
+
+def drop_schema(schema: str) -> None:
+    """Remove a test's PostgreSQL schema with everything in it."""
+    import psycopg
+
+    assert PG_DSN is not None
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+@pytest.fixture
+def pg_dsn() -> str:
+    """The test server's connection string (the test skips without one)."""
+    if not PG_DSN:
+        pytest.skip("DURABLY_TEST_PG_DSN is not set: no PostgreSQL server for this test")
+    return PG_DSN
+
+
+@pytest.fixture
+def pg_schema(pg_dsn: str) -> Iterator[str]:
+    """A fresh PostgreSQL schema name, dropped after the test."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    yield schema
+    drop_schema(schema)
+
+
+@pytest.fixture
+def pg_storage(pg_dsn: str, pg_schema: str) -> Iterator[Callable[..., Any]]:
+    """Opens PostgresStorage on the test's fresh schema (closing every one after)."""
+    from durably.postgres import PostgresStorage
+
+    opened: list[Any] = []
+
+    def make(**options: Any) -> Any:
+        opened.append(PostgresStorage(pg_dsn, schema=pg_schema, **options))
+        return opened[-1]
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StepStorage]:
-    """Every storage backend, one at a time."""
+    """Every storage backend, one at a time (PostgreSQL when DURABLY_TEST_PG_DSN is set)."""
     store: StepStorage
+    schema = None
     if request.param == "memory":
         store = InMemoryStepStorage()
-    else:
+    elif request.param == "sqlite":
         store = SqliteStepStorage(tmp_path / "steps.db")
+    else:
+        if not PG_DSN:
+            pytest.skip("DURABLY_TEST_PG_DSN is not set: no PostgreSQL server for this test")
+        from durably.postgres import PostgresStorage
+
+        schema = f"t_{uuid.uuid4().hex[:12]}"
+        store = PostgresStorage(PG_DSN, schema=schema)
     yield store
     store.close()
+    if schema is not None:
+        drop_schema(schema)
 
 
 class Flavour:

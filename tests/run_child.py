@@ -15,6 +15,8 @@ processes never interleave). Modes:
 * ``poison``: start or recover the poison workflow, which kills its process every time.
 * ``async-run`` / ``async-recover``: ``run`` and ``recover`` with AsyncDurableWorkflowRuntime.
 
+DB is a SQLite file, or ``postgres:SCHEMA`` for a schema on the server of DURABLY_TEST_PG_DSN.
+
 Options: ``lease`` (seconds, default 1), ``kill_after`` (SIGKILL itself after that many
 steps), ``block_in`` (the step that prints "ready" and sleeps ``block`` seconds),
 ``attempts`` (max_attempts of every step, default 3).
@@ -62,12 +64,27 @@ class DiesBeforeClaim(SqliteStepStorage):
         return []
 
 
+EXECUTOR = f"child-{os.getpid()}"
+
+
+def open_storage(db: str, storage_class: type[SqliteStepStorage] = SqliteStepStorage) -> object:
+    """``DB`` is a SQLite path, or ``postgres:SCHEMA`` on the server of DURABLY_TEST_PG_DSN
+    (whose connections carry the executor id as their application_name, for audits)."""
+    if db.startswith("postgres:"):
+        from durably.postgres import PostgresStorage
+
+        dsn = f"{os.environ['DURABLY_TEST_PG_DSN']} application_name={EXECUTOR}"
+        return PostgresStorage(dsn, schema=db.split(":", 1)[1])
+    return storage_class(db, busy_timeout=30)
+
+
 def build(db: str, logfile: str, options: dict[str, str],
           storage_class: type[SqliteStepStorage] = SqliteStepStorage
           ) -> tuple[DurableWorkflowRuntime, object, object]:
     lease = float(options.get("lease", "1"))
     runtime = DurableWorkflowRuntime(
-        storage=storage_class(db, busy_timeout=30),
+        storage=open_storage(db, storage_class),  # type: ignore[arg-type]
+        executor_id=EXECUTOR,
         retry_policy=RetryPolicy(max_attempts=int(options.get("attempts", "3")),
                                  initial_delay=0),
         lease=lease, shutdown_timeout=0.5)

@@ -1,4 +1,6 @@
-"""Every ```python block in README.md and docs/*.md runs (sqlite-utils style)."""
+"""Every ```python block in README.md and docs/*.md runs (sqlite-utils style). A ```py block
+is shown, not run: it needs something the tests cannot assume (a PostgreSQL server at the
+address it names)."""
 
 from __future__ import annotations
 

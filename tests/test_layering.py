@@ -20,14 +20,18 @@ LAYERS: dict[str, float] = {
     "_context": 5,
     "_storage": 6, "_storage._base": 6, "_storage._runs": 6,
     "_storage._memory": 7, "_storage._sqlite": 8,
-    "_storage._sqlite._schema": 8, "_storage._sqlite._rows": 8.5,
+    "_storage._rows": 6.5,
+    "_storage._sqlite._schema": 8,
     "_storage._sqlite._connection": 9, "_storage._sqlite._runs": 9.5,
     "_storage._sqlite._store": 9.7,
+    "_storage._postgres._schema": 8, "_storage._postgres._connection": 9,
+    "_storage._postgres._store": 9.7, "_storage._postgres": 9.8,
     "_core": 10, "_waits": 10.2, "_workflows": 10.5,
     "_threads": 11, "_tasks": 11, "_handles": 11, "_proxy": 11, "_step": 11,
     "_runs_api": 11.5,
     "_runtime_base": 12,
     "_runtime": 13, "_aio": 13,
+    "postgres": 13.5,
     "testing": 14, "testing._contract": 14, "testing._run_contract": 14,
     "__init__": 15,
     "_cli._session": 15.2, "_cli._reading": 15.4, "_cli._writing": 15.4,
@@ -92,6 +96,6 @@ def test_no_module_imports_upwards() -> None:
 def test_import_parsing_sees_relative_imports() -> None:
     """The checker really reads imports (guards the test above against passing vacuously)."""
     assert "_tags" in _imports(PACKAGE / "_ids.py", "_ids")
-    assert "_records" in _imports(PACKAGE / "_storage" / "_sqlite" / "_rows.py",
-                                  "_storage._sqlite._rows")
+    assert "_records" in _imports(PACKAGE / "_storage" / "_rows.py",
+                                  "_storage._rows")
     assert "_storage" in _imports(PACKAGE / "__init__.py", "__init__")

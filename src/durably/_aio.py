@@ -44,7 +44,7 @@ from ._registry import is_async_callable
 from ._retry import RetryPolicy
 from ._runtime_base import RuntimeBase, check_poll
 from ._step import AsyncStepFunction
-from ._storage import is_blocking
+from ._storage import is_blocking, server_time
 from ._tasks import Family
 from ._waits import EVENT_POLL, Consume
 from ._workflows import (
@@ -132,7 +132,7 @@ class AsyncDurableWorkflowRuntime(RuntimeBase):
     _accepts_async = True
 
     def _default_clock(self) -> Clock:
-        return AsyncSystemClock()
+        return AsyncSystemClock(server_time(self._storage))
 
     def _new_family(self) -> Family:
         return Family(self.max_runs, self.lease / 3)
@@ -280,6 +280,7 @@ class AsyncDurableWorkflowRuntime(RuntimeBase):
     async def _serve(self, poll: float, stopped: list[bool]) -> None:
         family: Family = self._family
         family.loop = asyncio.get_running_loop()
+        self._listen_for_wakeups()
         while not (family.closed or stopped[0]):
             try:
                 wait = await self._drive(op_serve_pass(self, family.capacity(), poll))

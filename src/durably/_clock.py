@@ -7,7 +7,7 @@ the epoch), not a monotonic clock. Tests pass ``durably.testing.FakeClock`` inst
 from __future__ import annotations
 
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 __all__ = ["AsyncSystemClock", "Clock", "SystemClock"]
@@ -29,11 +29,20 @@ class Clock(Protocol):
 
 
 class SystemClock:
-    """Wall-clock time (``time.time``, comparable across processes) and ``time.sleep``."""
+    """Wall-clock time (``time.time``, comparable across processes) and ``time.sleep``.
+
+    Args:
+        source: where "now" comes from instead of ``time.time``: the runtime passes a
+            storage's ``server_time`` (PostgreSQL's), so that processes on machines whose
+            clocks disagree agree on leases and due times.
+    """
+
+    def __init__(self, source: Callable[[], float] | None = None) -> None:
+        self._source: Callable[[], float] = time.time if source is None else source
 
     def now(self) -> float:
         """Return seconds since the epoch."""
-        return time.time()
+        return self._source()
 
     def sleep(self, seconds: float) -> None:
         """Block for ``seconds``."""
@@ -41,11 +50,18 @@ class SystemClock:
 
 
 class AsyncSystemClock:
-    """Wall-clock time (``time.time``) and ``asyncio.sleep``: the asyncio runtime's default."""
+    """Wall-clock time (``time.time``) and ``asyncio.sleep``: the asyncio runtime's default.
+
+    Args:
+        source: as for :class:`SystemClock`.
+    """
+
+    def __init__(self, source: Callable[[], float] | None = None) -> None:
+        self._source: Callable[[], float] = time.time if source is None else source
 
     def now(self) -> float:
         """Return seconds since the epoch."""
-        return time.time()
+        return self._source()
 
     def sleep(self, seconds: float) -> Coroutine[Any, Any, None]:
         """Return an awaitable that waits ``seconds`` without blocking the loop."""

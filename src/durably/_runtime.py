@@ -29,6 +29,7 @@ from ._records import Pipeline, StepRecord
 from ._retry import RetryPolicy
 from ._runtime_base import RuntimeBase, check_poll
 from ._step import StepFunction
+from ._storage import server_time
 from ._threads import Family
 from ._waits import EVENT_POLL, Consume
 from ._workflows import (
@@ -73,7 +74,7 @@ class DurableWorkflowRuntime(RuntimeBase):
     _accepts_async = False
 
     def _default_clock(self) -> Clock:
-        return SystemClock()
+        return SystemClock(server_time(self._storage))
 
     def _new_family(self) -> Family:
         return Family(self.max_runs, self.lease / 3)
@@ -243,6 +244,7 @@ class DurableWorkflowRuntime(RuntimeBase):
     def _serve(self, poll: float, stop: threading.Event) -> None:
         poll = check_poll(poll)
         family: Family = self._family
+        self._listen_for_wakeups()
         while not (family.closed or stop.is_set()):
             try:
                 wait = self._drive(op_serve_pass(self, family.capacity(), poll))

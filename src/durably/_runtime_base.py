@@ -200,6 +200,15 @@ class RuntimeBase(RunsApi):
     def _default_clock(self) -> Clock:
         raise NotImplementedError
 
+    def _listen_for_wakeups(self) -> None:
+        """Let the storage's wake-up hints (PostgreSQL's LISTEN/NOTIFY: another process
+        started a run or sent an event) wake this family's workers at once; polling stays
+        the truth. Once per family, from the first worker loop."""
+        listen = getattr(self._storage, "listen", None)
+        if callable(listen) and not self._family.listening:
+            self._family.listening = True
+            listen(self._family.notify)
+
     def _new_family(self) -> Any:
         """Return the state this runtime shares with its siblings: closed flag, pools."""
         raise NotImplementedError

@@ -33,6 +33,7 @@ class Family:
 
     def __init__(self, max_runs: int, heartbeat_every: float) -> None:
         self.closed = False
+        self.listening = False  # the storage's wake-up hints reach notify()
         self.deliveries: set[asyncio.Task[None]] = set()
         self.storage_pool: ThreadPoolExecutor | None = None
         self.loop: asyncio.AbstractEventLoop | None = None

@@ -91,6 +91,7 @@ class Family:
 
     def __init__(self, max_runs: int, heartbeat_every: float) -> None:
         self.closed = False
+        self.listening = False  # the storage's wake-up hints reach notify()
         self.deliveries = Deliveries()
         self.failures: dict[str, BaseException] = {}
         self._max_runs = max_runs

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import postgres  # noqa: E402
 import runs  # noqa: E402
 import steps  # noqa: E402
 import waits  # noqa: E402
@@ -75,6 +76,11 @@ def main() -> None:
             ("10", lambda: waits.scenario_due_scan(directory, 100 if quick else 1000,
                                                    1000 if quick else 10000,
                                                    1 if quick else 3)),
+            ("11", lambda: postgres.scenario_steps(200 if quick else 2000, reps)),
+            ("11", lambda: postgres.scenario_ten_step_run(10 if quick else 100, reps)),
+            ("11", lambda: postgres.scenario_claims(200 if quick else 2000,
+                                                    1 if quick else 3)),
+            ("11", postgres.scenario_dbos),
         ]
         for number, scenario in scenarios:
             if number in wanted:

@@ -51,6 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--db", default=argparse.SUPPRESS, metavar="PATH",
                         help="the SQLite store")
+    common.add_argument("--url", default=argparse.SUPPRESS, metavar="URL",
+                        help="a PostgreSQL store (postgresql://...; the postgres extra)")
+    common.add_argument("--schema", default=argparse.SUPPRESS, metavar="S",
+                        help="the PostgreSQL schema of the store (default durably)")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print stored values as JSON")
     common.add_argument("--now", default=argparse.SUPPRESS, metavar="TIME",
@@ -121,9 +125,11 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None,
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
     args = _parser().parse_args(argv)
-    if getattr(args, "db", None) is None:
-        err.write("durably: --db PATH is required\n")
+    args.db, args.url = getattr(args, "db", None), getattr(args, "url", None)
+    if (args.db is None) == (args.url is None):
+        err.write("durably: give the store: --db PATH (SQLite) or --url URL (PostgreSQL)\n")
         return USAGE
+    args.schema = getattr(args, "schema", "durably")
     args.now = getattr(args, "now", None)
     args.codec = getattr(args, "codec", "json")
     session: Session | None = None
@@ -143,6 +149,8 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None,
         return _fail(err, NOT_FOUND, str(error))
     except DurableError as error:
         return _fail(err, USAGE, f"{type(error).__name__}: {error}")
+    except ImportError as error:  # --url without the postgres extra
+        return _fail(err, USAGE, str(error))
     except BrokenPipeError:  # `... | head`: the reader left; not an error of ours
         return OK
     finally:

@@ -9,7 +9,6 @@ import sys
 from typing import Any, TextIO
 
 from .._export import Export, header, read_export, record_dict, run_prefix, value_fields
-from .._storage._sqlite import SCHEMA_VERSION, SqliteStepStorage
 from ._session import (
     NOT_FOUND,
     OK,
@@ -65,8 +64,9 @@ def cmd_export(session: Session) -> int:
         counts[kind + "s"] += 1
 
     try:
-        target.write(json.dumps(header(schema_version=SCHEMA_VERSION, codec=session.codec_name,
-                                       decoded=args.decode, redacted=args.redact)) + "\n")
+        first = header(schema_version=session.schema_version, codec=session.codec_name,
+                       decoded=args.decode, redacted=args.redact)
+        target.write(json.dumps(first) + "\n")
         for run in runs:
             write("run", run)
             for step in store.list(workflow_id=run.run_id):
@@ -104,7 +104,7 @@ def cmd_import(session: Session) -> int:
     """Import an export into the store (created if missing); refused whole, before any
     write, if the file is not a complete export or its runs are already in the store."""
     export: Export = read_export(_read_file(session.args.file))
-    store = SqliteStepStorage(session.path)
+    store = session.open(create=True)
     try:
         taken = [run.run_id for run, _, _ in export.runs if store.get_run(run.run_id)]
         taken += [step.step_id for step in export.steps if store.get(step.step_id)]

@@ -10,9 +10,9 @@ import re
 import shutil
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
-from .._clock import Clock, SystemClock
+from .._clock import Clock
 from .._codec import JsonCodec, PickleCodec
 from .._display import age, duration, parse_since
 from .._errors import ConfigurationError, RunNotFoundError
@@ -20,12 +20,14 @@ from .._export import record_dict, run_prefix
 from .._forks import local_id
 from .._records import RunRecord, RunStatus, StepRecord, StepStatus, step_kind
 from .._runtime import DurableWorkflowRuntime
+from .._storage import RunStorage, StepStorage
+from .._storage._sqlite import SCHEMA_VERSION as SQLITE_VERSION
 from .._storage._sqlite import SqliteStepStorage
 from .._workflows import PUBLISH
 from ..testing import FakeClock
 
 __all__ = [
-    "NOT_FOUND", "OK", "USAGE", "WRONG_STATE", "CommandError", "Progress", "Session",
+    "NOT_FOUND", "OK", "USAGE", "WRONG_STATE", "CommandError", "Progress", "Session", "Store",
     "belongs_to_run", "completed_count", "each_run", "lease_text", "many", "published_values",
     "report_done", "step_json", "stored_run", "waiting_text"
 ]
@@ -81,46 +83,73 @@ class Progress:
             self.stream.flush()
 
 
+class Store(StepStorage, RunStorage, Protocol):
+    """What the commands need of a store: both protocols (SQLite's or PostgreSQL's)."""
+
+
 class Session:
     """One command's view of the store: the options, a read-only storage and a writing
-    runtime opened on first use, and where output goes."""
+    runtime opened on first use, and where output goes.
+
+    The store is SQLite (``--db PATH``) or PostgreSQL (``--url URL [--schema S]``; the
+    ``postgres`` extra is imported only then).
+    """
 
     def __init__(self, args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
         self.args = args
         self.out, self.err = out, err
         self.json = bool(getattr(args, "json", False))
-        self.path: str = args.db
+        self.path: str | None = args.db
+        self.url: str | None = args.url
+        self.schema: str = args.schema
         self.fixed_now = None if args.now is None else _moment(args.now)
         self.now = time.time() if self.fixed_now is None else self.fixed_now
         self.width = max(shutil.get_terminal_size((100, 24)).columns, 40)
         self.codec_name: str = args.codec
-        self._reader: SqliteStepStorage | None = None
+        self._reader: Store | None = None
         self._runtime: DurableWorkflowRuntime | None = None
 
-    def reader(self) -> SqliteStepStorage:
+    @property
+    def schema_version(self) -> int:
+        """The schema version of the store's kind (what an export's header records)."""
+        if self.url is not None:
+            from ..postgres import SCHEMA_VERSION as POSTGRES_VERSION
+
+            return POSTGRES_VERSION
+        return SQLITE_VERSION
+
+    def open(self, *, readonly: bool = False, create: bool = False) -> Store:
+        """A new open of the store: read-only (never creating, migrating or writing), or
+        for writing (an existing SQLite file only, unless ``create``)."""
+        if self.url is not None:
+            from ..postgres import PostgresStorage
+
+            return PostgresStorage(self.url, schema=self.schema, readonly=readonly)
+        assert self.path is not None
+        if not create and self.path != ":memory:" and not os.path.isfile(self.path):
+            raise CommandError(NOT_FOUND, f"no database at {self.path!r} (it is never created"
+                                          " by a command that reads it)")
+        if readonly:
+            return SqliteStepStorage.open_readonly(self.path)
+        return SqliteStepStorage(self.path)
+
+    def reader(self) -> Store:
         """The store opened read-only."""
         if self._reader is None:
-            self._require_file()
-            self._reader = SqliteStepStorage.open_readonly(self.path)
+            self._reader = self.open(readonly=True)
         return self._reader
 
     def runtime(self) -> DurableWorkflowRuntime:
         """A runtime over a normal open of the existing store (for writes)."""
         if self._runtime is None:
-            self._require_file()
+            storage = self.open()
             codec = PickleCodec() if self.codec_name == "pickle" else JsonCodec()
             # --now fixes the moment the command acts at too (reproducible transcripts).
-            clock: Clock = SystemClock() if self.fixed_now is None else \
+            clock: Clock | None = None if self.fixed_now is None else \
                 FakeClock(start=self.fixed_now)
-            self._runtime = DurableWorkflowRuntime(storage=SqliteStepStorage(self.path),
-                                                   codec=codec, clock=clock,
+            self._runtime = DurableWorkflowRuntime(storage=storage, codec=codec, clock=clock,
                                                    executor_id=f"cli-{os.getpid()}")
         return self._runtime
-
-    def _require_file(self) -> None:
-        if self.path != ":memory:" and not os.path.isfile(self.path):
-            raise CommandError(NOT_FOUND, f"no database at {self.path!r} (it is never created"
-                                          " by a command that reads it)")
 
     def close(self) -> None:
         """Close what was opened."""

@@ -6,11 +6,12 @@ import the runtime.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 from .._records import StepRecord, StepStatus
 
-__all__ = ["StepStorage", "is_blocking"]
+__all__ = ["StepStorage", "is_blocking", "server_time"]
 
 
 @runtime_checkable
@@ -27,6 +28,10 @@ class StepStorage(Protocol):
     runtime calls a non-blocking storage directly on its event loop and a blocking one on a
     small thread pool, so that a disk wait or another process's lock never stalls the loop.
     ``InMemoryStepStorage.blocking`` is False; ``SqliteStepStorage.blocking`` is True.
+
+    An adapter whose processes run on many machines may also offer ``server_time()``: the
+    time on the store's own clock, which a runtime built without a ``clock`` then reads, so
+    that machines whose clocks disagree still agree on leases and due times (PostgreSQL's).
     """
 
     def get(self, step_id: str) -> StepRecord | None:
@@ -70,3 +75,10 @@ def is_blocking(storage: object) -> bool:
     """Whether calls to ``storage`` may block (its optional ``blocking`` attribute; default
     True)."""
     return bool(getattr(storage, "blocking", True))
+
+
+def server_time(storage: object) -> Callable[[], float] | None:
+    """The storage's optional ``server_time()`` (seconds since the epoch on the database's
+    clock), which the runtime's default clock reads instead of this machine's; else None."""
+    source = getattr(storage, "server_time", None)
+    return source if callable(source) else None

@@ -28,8 +28,8 @@ from ..._records import (
     StepStatus,
 )
 from .._memory import recovery_limit_error
+from .._rows import record_to_row, row_to_event, row_to_record, row_to_run, run_to_row
 from ._connection import transaction
-from ._rows import record_to_row, row_to_event, row_to_record, row_to_run, run_to_row
 from ._schema import EVENT_COLUMNS, HELD, RUN_COLUMNS, STEP_COLUMNS, WAKING, TableNames
 
 __all__ = ["RunTables"]

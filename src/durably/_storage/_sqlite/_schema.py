@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import re
 
+from .._rows import EVENT_COLUMNS, RUN_COLUMNS, STEP_COLUMNS
+
 __all__ = [
     "EVENT_COLUMNS", "HELD", "MIGRATIONS", "OWN_SHAPES", "RUN_COLUMNS", "SCHEMA_VERSION",
     "STEP_COLUMNS", "STEP_SHAPE", "WAKING", "TableNames", "check_identifier",
@@ -22,19 +24,6 @@ __all__ = [
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
-# The columns of a step row, in the order rows are read and written.
-STEP_COLUMNS = (
-    "step_id", "workflow_id", "action", "status", "result", "error", "attempts", "created_at",
-    "started_at", "updated_at", "completed_at", "next_attempt_at", "budget_started_at",
-)
-RUN_COLUMNS = (
-    "run_id", "workflow", "status", "input", "input_hash", "result", "error", "code_version",
-    "owner", "lease_until", "fence", "recovery_count", "max_recoveries", "parent_run_id",
-    "forked_from", "deadline", "wake_at", "waiting_for", "created_at", "updated_at",
-    "completed_at",
-)
-EVENT_COLUMNS = ("seq", "run_id", "name", "key", "payload", "sent_at", "consumed_by",
-                 "consumed_at")
 # How durably's own tables are recognised in a file, under any table name: by the columns
 # they have (a later version may add columns, never remove these).
 STEP_SHAPE = frozenset(STEP_COLUMNS)

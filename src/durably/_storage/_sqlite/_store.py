@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 from ..._errors import ConfigurationError, StorageError
 from ..._records import StepRecord, StepStatus
+from .._rows import not_text, record_to_row, row_to_record
 from ._connection import (
     busy,
     check_location,
@@ -32,7 +33,6 @@ from ._connection import (
     read_version,
     tune,
 )
-from ._rows import not_text, record_to_row, row_to_record
 from ._runs import RunTables
 from ._schema import SCHEMA_VERSION, STEP_COLUMNS, TableNames, check_identifier
 

@@ -1,4 +1,5 @@
-"""Turning step records into SQLite rows and back, in one place.
+"""Turning records into rows and back, in one place, for every SQL backend (SQLite and
+PostgreSQL store the same columns, in the same order).
 
 Reading validates what a hand-edited or damaged row could break, so a bad row is a
 :class:`~durably.StorageError` naming the step and the field rather than a wrong answer later.
@@ -9,8 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..._errors import StorageError
-from ..._records import (
+from .._errors import StorageError
+from .._records import (
     ErrorInfo,
     EventRecord,
     RunRecord,
@@ -19,10 +20,23 @@ from ..._records import (
     StepStatus,
     new_record,
 )
-from ._schema import RUN_COLUMNS
 
-__all__ = ["not_text", "record_to_row", "row_to_event", "row_to_record", "row_to_run",
-           "run_to_row"]
+__all__ = ["EVENT_COLUMNS", "RUN_COLUMNS", "STEP_COLUMNS", "not_text", "record_to_row",
+           "row_to_event", "row_to_record", "row_to_run", "run_to_row"]
+
+# The columns of a step row, in the order rows are read and written.
+STEP_COLUMNS = (
+    "step_id", "workflow_id", "action", "status", "result", "error", "attempts", "created_at",
+    "started_at", "updated_at", "completed_at", "next_attempt_at", "budget_started_at",
+)
+RUN_COLUMNS = (
+    "run_id", "workflow", "status", "input", "input_hash", "result", "error", "code_version",
+    "owner", "lease_until", "fence", "recovery_count", "max_recoveries", "parent_run_id",
+    "forked_from", "deadline", "wake_at", "waiting_for", "created_at", "updated_at",
+    "completed_at",
+)
+EVENT_COLUMNS = ("seq", "run_id", "name", "key", "payload", "sent_at", "consumed_by",
+                 "consumed_at")
 
 _new_object = object.__new__
 
@@ -31,7 +45,7 @@ _TEXT_FIELDS = ("step_id", "workflow_id", "action")
 
 
 def not_text(field: str, value: object, where: str) -> StorageError:
-    """The error for a string SQLite cannot store (a lone surrogate is not UTF-8)."""
+    """The error for a string a database cannot store (a lone surrogate is not UTF-8)."""
     return StorageError(f"{field} {value!r} is not valid UTF-8 text and cannot be stored in"
                         f" {where}", path=where)
 
