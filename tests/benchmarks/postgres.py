@@ -214,11 +214,43 @@ def scenario_claims(runs: int, reps: int) -> list[Row]:
                 notes="one run per claim, FOR UPDATE SKIP LOCKED: no worker waits for another")]
 
 
-def scenario_dbos() -> list[Row]:
+def _sqlalchemy_url(database: str) -> str:
+    """DURABLY_TEST_PG_DSN as the URL DBOS takes, naming another database."""
+    from urllib.parse import quote
+
+    from psycopg.conninfo import conninfo_to_dict
+
+    assert DSN is not None
+    parts = {k: str(v) for k, v in conninfo_to_dict(DSN).items()}
+    user = quote(parts.pop("user", "postgres"))
+    password = parts.pop("password", None)
+    parts.pop("dbname", None)
+    query = "&".join(f"{k}={quote(v)}" for k, v in parts.items())
+    auth = user if password is None else f"{user}:{quote(password)}"
+    return f"postgresql+psycopg://{auth}@/{database}?{query}"
+
+
+def scenario_dbos(workflows: int, reps: int) -> list[Row]:
+    """DBOS Transact on the same server beside durably (when dbos is importable)."""
+    if DSN is None:
+        return _skipped("DURABLY_TEST_PG_DSN is not set")
+    import dbos_compare
+    import psycopg
+
+    schemas: list[_Schema] = []
+
+    def storage(tag: str) -> Any:
+        schemas.append(_Schema())
+        return schemas[-1].storage()
+
     try:
-        import dbos  # type: ignore[import-not-found]  # noqa: F401
-    except ImportError:
-        return [Row("11. DBOS Transact on PostgreSQL", "", [], [], "",
-                    "(dbos not importable: skipped)")]
-    return [Row("11. DBOS Transact on PostgreSQL", "", [], [], "",
-                "(dbos importable but not measured by this version of the suite)")]
+        return dbos_compare.compare("11. durably vs DBOS Transact, PostgreSQL", 5, storage,
+                                    lambda tag: _sqlalchemy_url(f"dbos_{tag}"), workflows,
+                                    reps)
+    finally:
+        for schema in schemas:
+            schema.drop()
+        with psycopg.connect(DSN, autocommit=True) as conn:
+            for (name,) in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE"
+                                        " 'dbos\\_%%'").fetchall():
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -334,12 +334,11 @@ def scenario_import(reps: int) -> list[Row]:
 # ------------------------------------------------------------------ 8. DBOS, if present
 
 
-def scenario_dbos() -> list[Row]:
-    try:
-        import dbos  # type: ignore[import-not-found]  # noqa: F401
-    except ImportError:
-        return [Row("8. DBOS Transact", "", [], [], "", "(dbos not importable: skipped)")]
-    return [Row("8. DBOS Transact", "", [], [], "",
-                "(dbos importable but not measured by this version of the suite)")]
+def scenario_dbos(directory: Path, workflows: int, reps: int) -> list[Row]:
+    """DBOS Transact on SQLite beside durably on SQLite (when dbos is importable)."""
+    import dbos_compare
 
-
+    return dbos_compare.compare(
+        "8. durably vs DBOS Transact, SQLite", 25,
+        lambda tag: SqliteStepStorage(directory / f"durably-{tag}.db"),
+        lambda tag: f"sqlite:///{directory / f'dbos-{tag}.db'}", workflows, reps)
