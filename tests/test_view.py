@@ -16,6 +16,7 @@ from durably import (
     StepStatus,
     WorkflowStepError,
 )
+from durably._view import FIRST_PAGE
 from durably.testing import create_test_runtime
 
 RESULT = {"order": 42, "customer": "c" * 200, "items": ["sku"] * 20}  # ~400 bytes encoded
@@ -54,31 +55,42 @@ def test_a_runtime_does_not_keep_the_steps_it_completes(tmp_path: Path) -> None:
     runtime.close()
 
 
-def test_a_runtime_forgets_steps_once_it_has_replayed_them(tmp_path: Path) -> None:
-    """Replaying a long workflow does not leave its completed records in the runtime: what a
-    runtime holds after the replay is far below what it held after its first read."""
+def test_replay_reads_history_as_it_needs_it_and_forgets_what_it_replayed(
+        tmp_path: Path) -> None:
+    """The first call of a long workflow reads one small page, not the whole history; later
+    pages grow as the replay goes on; after the replay, what the runtime holds is the call
+    numbering only (well under 200 bytes per completed call), not the records."""
     storage = SqliteStepStorage(tmp_path / "s.db")
     first = create_test_runtime(storage=storage)
     first.register("A.b", lambda n: RESULT)
     for n in range(5000):
         first.do("A.b", n)
+    pages: list[int] = []
+    history = storage.history
+
+    def counting(workflow_id: str, after: Any, limit: int) -> Any:
+        pages.append(limit)
+        return history(workflow_id, after, limit)
+
+    storage.history = counting  # type: ignore[method-assign]
     replay = create_test_runtime(storage=storage)
     replay.register("A.b", lambda n: RESULT)
     gc.collect()
     tracemalloc.start()
     try:
-        replay.do("A.b", 0)  # reads the whole history: what follows is answered from memory
-        holding_history = tracemalloc.get_traced_memory()[0]
+        replay.do("A.b", 0)
+        after_first = tracemalloc.get_traced_memory()[0]
+        assert pages == [FIRST_PAGE]
         for n in range(1, 5000):
             replay.do("A.b", n)
         gc.collect()
         after_replay = tracemalloc.get_traced_memory()[0]
     finally:
         tracemalloc.stop()
-    # Each replay releases the record it answered from (~1 KB with its result); what stays is
-    # the call numbering, a few hundred bytes per call.
-    assert holding_history > 1000 * 5000
-    assert after_replay < holding_history / 2
+    assert pages[:4] == [FIRST_PAGE, 2 * FIRST_PAGE, 4 * FIRST_PAGE, 8 * FIRST_PAGE]
+    assert sum(pages) >= 5000 and len(pages) < 20
+    assert after_first < 100_000  # one page: not 5000 records of ~1 KB
+    assert after_replay < 200 * 5000
     storage.close()
 
 

@@ -434,21 +434,24 @@ class AsyncDurableWorkflowRuntime(RuntimeBase):
 
     async def _read_history(self, command: ReadHistory) -> None:
         view = command.view
-        if view.loaded:
-            return
-        # Concurrent first calls (asyncio.gather) share one read: the first starts it, the
-        # others await the same future. A failed read is forgotten, so a later call retries.
+        # Calls needing the same page at once (asyncio.gather) share one read: the first
+        # starts it, the others await the same future. A failed read is forgotten, so a later
+        # call retries.
         loading = view.loading
         if loading is None:
+            if not view.needs(command.step_id):
+                return
             loading = view.loading = asyncio.ensure_future(
-                self._store(self._storage.list, view.workflow_id))
+                self._store(self._history, view.workflow_id, view.cursor, view.page))
         try:
-            records = await asyncio.shield(loading)
+            records, cursor = await asyncio.shield(loading)
         except Exception:
             if view.loading is loading:
                 view.loading = None
             raise
-        view.fill(records)
+        if view.loading is loading:  # the first of the waiters adds the page
+            view.loading = None
+            view.add_page(records, cursor)
 
     async def _write(self, command: Write) -> StepRecord:
         run = command.run

@@ -2,7 +2,7 @@
 
 A step runs as a generator that yields *commands* (plain data) and receives their answers:
 
-* :class:`ReadHistory` -> ``None`` once the view holds the workflow's records
+* :class:`ReadHistory` -> ``None`` once the view holds the next page of the workflow's records
 * :class:`Write` -> the record now stored (maybe someone else's COMPLETED one)
 * :class:`Sleep` -> ``None`` once the wait is over
 * :class:`RunAttempt` -> an :class:`AttemptOutcome` (the handler's value or its exception)
@@ -170,12 +170,14 @@ class Hooks:
 
 
 class ReadHistory:
-    """Fill ``view`` with its workflow's records from storage (once); answer: ``None``."""
+    """Add the next page of its workflow's records to ``view``, unless ``view`` no longer
+    needs one to answer ``step_id`` (another call read it meanwhile); answer: ``None``."""
 
-    __slots__ = ("view",)
+    __slots__ = ("step_id", "view")
 
-    def __init__(self, view: WorkflowView) -> None:
+    def __init__(self, view: WorkflowView, step_id: str) -> None:
         self.view = view
+        self.step_id = step_id
 
 
 class Write:
@@ -387,8 +389,8 @@ def durable_step(
     try:
         view = plan.view
         assert view is not None, "a durable plan has a view"
-        if not view.loaded:
-            yield ReadHistory(view)
+        while view.needs(plan.step_id):  # history is read as far as this call needs
+            yield ReadHistory(view, plan.step_id)
         stored = view.take(plan.step_id)
         if stored is not None and stored.status is COMPLETED:
             return decode_stored(codec, stored)

@@ -362,9 +362,10 @@ class DurableWorkflowRuntime(RuntimeBase):
 
     def _read_history(self, command: ReadHistory) -> None:
         view = command.view
-        with view.lock:  # threads making their first calls at once share one read
-            if not view.loaded:
-                view.fill(self._storage.list(workflow_id=view.workflow_id))
+        with view.lock:  # threads needing the same page at once share one read
+            if view.needs(command.step_id):
+                records, cursor = self._history(view.workflow_id, view.cursor, view.page)
+                view.add_page(records, cursor)
 
     def _write(self, command: Write) -> StepRecord:
         run = command.run

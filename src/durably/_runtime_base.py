@@ -47,7 +47,7 @@ from ._registry import (
 from ._retry import RetryPolicy
 from ._runs_api import RunsApi, check_seconds
 from ._step import StepFunctionBase
-from ._storage import RunStorage, StepStorage, default_storage
+from ._storage import RunStorage, StepStorage, default_storage, history_reader
 
 __all__ = ["MODES", "RuntimeBase", "check_poll", "fresh_id"]
 
@@ -173,6 +173,7 @@ class RuntimeBase(RunsApi):
             raise ConfigurationError(f"codec must have encode() and decode(), got {codec!r}",
                                      field="codec")
         self._storage: StepStorage = storage
+        self._history = history_reader(storage)
         self._policy = retry_policy
         self._hooks = Hooks(hooks, on_step_start, on_step_complete, on_step_error)
         self._clock: Clock = clock if clock is not None else self._default_clock()
@@ -267,6 +268,7 @@ class RuntimeBase(RunsApi):
         """
         sibling = object.__new__(type(self))
         sibling._storage = self._storage
+        sibling._history = self._history
         sibling._policy = self._policy
         sibling._hooks = self._hooks
         sibling._clock = self._clock

@@ -80,8 +80,8 @@ def _begin(plan: StepPlan) -> StepMachine:
     """The record of a wait step as the view knows it (reading the history if needed)."""
     view = plan.view
     assert view is not None and plan.run is not None, "a wait belongs to a run"
-    if not view.loaded:
-        yield ReadHistory(view)
+    while view.needs(plan.step_id):
+        yield ReadHistory(view, plan.step_id)
     return view.take(plan.step_id)
 
 

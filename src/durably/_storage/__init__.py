@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._base import StepStorage, is_blocking, server_time
+from ._base import StepStorage, history_reader, is_blocking, server_time
 from ._runs import RunStorage
 
 if TYPE_CHECKING:
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "InMemoryStepStorage", "RunStorage", "SqliteStepStorage", "StepStorage", "default_storage",
-    "is_blocking", "server_time",
+    "history_reader", "is_blocking", "server_time",
 ]
 
 

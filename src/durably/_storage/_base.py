@@ -7,11 +7,11 @@ import the runtime.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from .._records import StepRecord, StepStatus
 
-__all__ = ["StepStorage", "is_blocking", "server_time"]
+__all__ = ["StepStorage", "history_reader", "is_blocking", "server_time"]
 
 
 @runtime_checkable
@@ -28,6 +28,12 @@ class StepStorage(Protocol):
     runtime calls a non-blocking storage directly on its event loop and a blocking one on a
     small thread pool, so that a disk wait or another process's lock never stalls the loop.
     ``InMemoryStepStorage.blocking`` is False; ``SqliteStepStorage.blocking`` is True.
+
+    An adapter may also page a workflow's history: ``history(workflow_id, after, limit)``
+    returns up to ``limit`` records in first-write order after the opaque cursor ``after``
+    (``None``: from the start), with the cursor of the next page (``None`` after the last).
+    Replay then reads as far as it needs, in call order, instead of the whole history at the
+    first call (without it, the runtime reads ``list(workflow_id)`` once).
 
     An adapter whose processes run on many machines may also offer ``server_time()``: the
     time on the store's own clock, which a runtime built without a ``clock`` then reads, so
@@ -82,3 +88,20 @@ def server_time(storage: object) -> Callable[[], float] | None:
     clock), which the runtime's default clock reads instead of this machine's; else None."""
     source = getattr(storage, "server_time", None)
     return source if callable(source) else None
+
+
+HistoryPage = tuple[list[StepRecord], Any]
+
+
+def history_reader(storage: object) -> Callable[[str, Any, int], HistoryPage]:
+    """How the runtime reads a workflow's history: the storage's paged ``history`` when it
+    has one, else one ``list(workflow_id)`` as a single, last page."""
+    paged = getattr(storage, "history", None)
+    if callable(paged):
+        return paged  # type: ignore[no-any-return]
+    listing = storage.list  # type: ignore[attr-defined]
+
+    def whole(workflow_id: str, after: Any, limit: int) -> HistoryPage:
+        return listing(workflow_id=workflow_id), None
+
+    return whole

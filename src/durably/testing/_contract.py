@@ -162,6 +162,27 @@ class StorageContract:
         assert [r.step_id for r in storage.list()] == ["z", "b", "a", "c"]
         assert [r.step_id for r in storage.list(workflow_id="wf")] == ["z", "b", "a", "c"]
 
+    def test_history_pages_read_back_the_list(self, storage: StepStorage) -> None:
+        """An adapter that pages history (the optional ``history(workflow_id, after, limit)``)
+        gives, page after page, exactly ``list(workflow_id)``: in first-write order, of that
+        workflow only, with no cursor after the last page."""
+        paged = getattr(storage, "history", None)
+        if paged is None:
+            return  # optional: the runtime reads list() instead
+        for n in range(7):
+            storage.set(_record(f"s{6 - n}"))
+            storage.set(_record(f"other{n}", workflow_id="other"))
+        storage.set(_completed("s4", '"done"'))
+        pages, cursor = [], None
+        while True:
+            records, cursor = paged("wf", cursor, 3)
+            pages.append([record.step_id for record in records])
+            if cursor is None:
+                break
+        assert sum(pages, []) == [record.step_id for record in storage.list(workflow_id="wf")]
+        assert [len(page) for page in pages][:2] == [3, 3] and len(pages) <= 3
+        assert paged("nothing", None, 3) == ([], None)
+
     def test_large_and_unusual_values(self, storage: StepStorage) -> None:
         """Long results and ids with any characters are stored as they are."""
         step_id = "id with spaces/\u00fcnicode#2 '; DROP TABLE x; --"

@@ -247,6 +247,17 @@ class PostgresStorage:
             f"SELECT {_STEPS} FROM {self.schema}.steps{where} ORDER BY seq", params).fetchall())
         return [row_to_record(row, self.where) for row in rows]
 
+    def history(self, workflow_id: str, after: int | None, limit: int
+                ) -> tuple[builtins.list[StepRecord], int | None]:
+        """One page of a workflow's records in first-write order after the cursor ``after``;
+        returns them and the next page's cursor (``None`` after the last page)."""
+        rows = self._run_work("reading history", lambda conn: conn.execute(
+            f"SELECT {_STEPS}, seq FROM {self.schema}.steps WHERE workflow_id = %s AND seq > %s"
+            " ORDER BY seq LIMIT %s", (workflow_id, -1 if after is None else after, limit)
+        ).fetchall())
+        records = [row_to_record(tuple(row), self.where) for row in rows]
+        return records, (int(rows[-1][-1]) if len(rows) == limit else None)
+
     # ------------------------------------------------------------------ runs
 
     def _get_run(self, conn: Conn, run_id: str) -> RunRecord | None:

@@ -330,6 +330,26 @@ class SqliteStepStorage(RunTables):
                 raise not_text("workflow_id", workflow_id, self.path) from None
         return [row_to_record(row, self.path) for row in rows]
 
+    def history(self, workflow_id: str, after: int | None, limit: int
+                ) -> tuple[builtins.list[StepRecord], int | None]:
+        """One page of a workflow's records in first-write order, after the cursor ``after``
+        (``None``: from the start); returns the records and the cursor of the next page,
+        ``None`` when this was the last. Replay reads history this way, page by page, as
+        far as it needs it (the optional paging of ``StepStorage``)."""
+        sql = (f"SELECT {_COLUMNS}, seq FROM {self._names.steps} INDEXED BY"
+               f" {self._names.steps}_by_workflow WHERE workflow_id = ? AND seq > ?"
+               " ORDER BY seq LIMIT ?")
+        with self._lock:
+            try:
+                rows = self._connection().execute(
+                    sql, (workflow_id, -1 if after is None else after, limit)).fetchall()
+            except sqlite3.Error as error:
+                raise self._failure(error, "reading history", None) from error
+            except UnicodeEncodeError:
+                raise not_text("workflow_id", workflow_id, self.path) from None
+        records = [row_to_record(row, self.path) for row in rows]
+        return records, (rows[-1][-1] if len(rows) == limit else None)
+
     def close(self) -> None:
         """Close the connections. Idempotent; later calls raise ``StorageError``."""
         with self._lock:
