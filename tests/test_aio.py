@@ -6,6 +6,7 @@ Everything the two flavours share is tested once, over both, in test_runtime.py.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
@@ -50,35 +51,60 @@ def test_async_handlers_are_awaited_and_sync_ones_run_in_a_thread() -> None:
     assert sync_thread != loop_thread
 
 
-def test_sqlite_storage_runs_off_the_loop_and_memory_storage_on_it(tmp_path: Path) -> None:
-    """SQLite calls (which can wait for locks or fsync) never run on the loop's thread."""
-    threads: dict[str, set[int]] = {"sqlite": set(), "memory": set()}
+def test_sqlite_calls_run_on_the_loop_only_when_they_cannot_wait(tmp_path: Path) -> None:
+    """A SQLite call runs on the loop's thread when nothing makes it wait (no thread hop);
+    while another connection holds the write lock, the write is made off the loop and waits
+    there, the loop stays free, and the step completes once the lock is released. With
+    durability="full" (an fsync per outcome) every call is made off the loop; in-memory
+    storage always runs on it."""
+    threads: dict[str, list[int]] = {"normal": [], "full": [], "memory": []}
 
-    class SpySqlite(SqliteStepStorage):
-        def set(self, record: Any) -> Any:
-            threads["sqlite"].add(threading.get_ident())
-            return super().set(record)
+    def spy(kind: str, storage: Any) -> Any:
+        original = storage.set
 
-    async def main() -> int:
-        sqlite = create_async_test_runtime(storage=SpySqlite(tmp_path / "s.db"))
-        memory = create_async_test_runtime()
-        for runtime in (sqlite, memory):
-            runtime.register("A.b", lambda data: data)
-        assert await sqlite.do("A.b", 1) == 1
-        original = memory.storage.set
-
-        def spy(record: Any) -> Any:
-            threads["memory"].add(threading.get_ident())
+        def set(record: Any) -> Any:
+            threads[kind].append(threading.get_ident())
             return original(record)
 
-        memory.storage.set = spy  # type: ignore[method-assign]
-        assert await memory.do("A.b", 1) == 1
-        await sqlite.aclose()
-        return threading.get_ident()
+        storage.set = set
+        return storage
 
-    loop_thread = run(main())
-    assert threads["sqlite"] and loop_thread not in threads["sqlite"]
-    assert threads["memory"] == {loop_thread}
+    async def main() -> tuple[int, int]:
+        loop_thread = threading.get_ident()
+        normal = create_async_test_runtime(
+            storage=spy("normal", SqliteStepStorage(tmp_path / "n.db")))
+        full = create_async_test_runtime(
+            storage=spy("full", SqliteStepStorage(tmp_path / "f.db", durability="full")))
+        memory = create_async_test_runtime()
+        spy("memory", memory.storage)
+        for runtime in (normal, full, memory):
+            runtime.register("A.b", lambda data: data)
+            assert await runtime.do("A.b", 1) == 1
+        assert set(threads["normal"]) == {loop_thread}
+        assert threads["full"] and loop_thread not in threads["full"]
+        assert set(threads["memory"]) == {loop_thread}
+        # Another connection holds the write lock: the marker cannot be written at once.
+        blocker = sqlite3.connect(tmp_path / "n.db", isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        threads["normal"].clear()
+        step = asyncio.ensure_future(normal.do("A.b", 2))
+        ticks = 0
+        for _ in range(20):  # the loop keeps running while the write waits off it
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert not step.done()
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        assert await step == 2 and ticks == 20
+        for runtime in (normal, full):
+            await runtime.aclose()
+        return loop_thread, threads["normal"]
+
+    loop_thread, writers = run(main())
+    # The marker was tried on the loop (busy: nothing written), then written off it, waiting;
+    # the outcome, with nothing in the way, on the loop again.
+    assert writers[0] == loop_thread and writers[1] != loop_thread
+    assert writers[-1] == loop_thread
 
 
 def test_gather_of_identical_calls_gets_stable_ids_in_argument_order() -> None:

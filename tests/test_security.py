@@ -28,6 +28,8 @@ SQL_SAFE_NAMES = {
     "_STEP_PLACEHOLDERS", "_TERMINAL_MARKS",
     # the partial indexes' fixed conditions and their INDEXED BY clauses (validated names)
     "WAKING", "HELD", "self._due_index", "self._expiry_index",
+    # an integer SQLite itself reported (PRAGMA busy_timeout), formatted with :d
+    "self._busy_ms",
 }
 
 

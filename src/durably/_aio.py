@@ -372,8 +372,16 @@ class AsyncDurableWorkflowRuntime(RuntimeBase):
         start()
 
     async def _store(self, operation: Callable[..., Any], *args: Any) -> Any:
-        if not is_blocking(self._storage):
+        storage = self._storage
+        if not is_blocking(storage):
             return operation(*args)
+        # A blocking storage may still finish most calls at once (SQLite without another
+        # writer): its try_now runs the call here if it can do so without waiting.
+        attempt = getattr(storage, "try_now", None)
+        if attempt is not None:
+            done, value = attempt(operation, *args)
+            if done:
+                return value
         family: Family = self._family
         if family.storage_pool is None:
             family.storage_pool = ThreadPoolExecutor(4, thread_name_prefix="durably-storage")

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import postgres  # noqa: E402
 import runs  # noqa: E402
+import scale  # noqa: E402
 import steps  # noqa: E402
 import waits  # noqa: E402
 from common import Row, report  # noqa: E402
@@ -55,7 +56,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as name:
         directory = Path(name)
         wanted = set(options.only.split(",")) if options.only else {
-            str(n) for n in range(1, 12)}
+            str(n) for n in range(1, 14)}
         scenarios: list[tuple[str, Callable[[], list[Row]]]] = [
             ("1", lambda: steps.scenario_sqlite(directory, 200 if quick else 2000, reps)),
             ("2", lambda: steps.scenario_memory(2000 if quick else 20000, reps)),
@@ -64,8 +65,8 @@ def main() -> None:
             ("5", lambda: steps.scenario_scale(directory, [10**3, 10**4] if quick
                                          else [10**3, 10**4, 10**5, 10**6],
                                          200 if quick else 2000, 2 if quick else 3)),
-            ("6", lambda: steps.scenario_two_processes(directory, 200 if quick else 2000,
-                                                 2 if quick else 3)),
+            ("6", lambda: steps.scenario_processes(directory, 200 if quick else 2000,
+                                             1 if quick else 3)),
             ("7", lambda: steps.scenario_import(5 if quick else 15)),
             ("8", lambda: steps.scenario_dbos(directory, 20 if quick else 200,
                                               1 if quick else 3)),
@@ -83,6 +84,9 @@ def main() -> None:
             ("11", lambda: postgres.scenario_claims(200 if quick else 2000,
                                                     1 if quick else 3)),
             ("11", lambda: postgres.scenario_dbos(20 if quick else 200, 1 if quick else 3)),
+            ("12", lambda: scale.scenario_async(directory, 200 if quick else 2000, reps)),
+            ("13", lambda: scale.scenario_long_workflow(directory, 5000 if quick else 100_000,
+                                                        3 if quick else 7)),
         ]
         for number, scenario in scenarios:
             if number in wanted:

@@ -179,7 +179,8 @@ class StorageContract:
             pages.append([record.step_id for record in records])
             if cursor is None:
                 break
-        assert sum(pages, []) == [record.step_id for record in storage.list(workflow_id="wf")]
+        read = [step_id for page in pages for step_id in page]
+        assert read == [record.step_id for record in storage.list(workflow_id="wf")]
         assert [len(page) for page in pages][:2] == [3, 3] and len(pages) <= 3
         assert paged("nothing", None, 3) == ([], None)
 

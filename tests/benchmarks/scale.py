@@ -1,0 +1,110 @@
+"""Scenarios 12 and 13: the asyncio runtime against the sync one, and a workflow of 100,000
+steps. Run through run.py.
+
+* 12. ``await runtime.do(...)`` on AsyncDurableWorkflowRuntime ÷ ``runtime.do(...)`` on the
+  sync runtime, both on SQLite ``normal``, in alternating turns (target <= 1.5x, DESIGN §13);
+* 13. the first call of a new runtime over a 100,000-step workflow ÷ the first call over a
+  10-step one (target <= 3x: history is read as replay needs it), and the memory the runtime
+  holds after replaying all of it (target: ~100 bytes per completed call).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+import tracemalloc
+from pathlib import Path
+
+from common import CHUNK, RESULT, Row, paired, per_step
+
+from durably import AsyncDurableWorkflowRuntime, DurableWorkflowRuntime, SqliteStepStorage
+from durably.testing import FakeClock
+
+
+def _sync_runtime(path: Path, workflow: str) -> DurableWorkflowRuntime:
+    runtime = DurableWorkflowRuntime(storage=SqliteStepStorage(path), workflow_id=workflow,
+                                     clock=FakeClock(start=1000.0))
+    runtime.register("Bench.step", lambda n: RESULT)
+    return runtime
+
+
+def scenario_async(directory: Path, count: int, reps: int) -> list[Row]:
+    ours, sync = [], []
+
+    async def step(n: int) -> dict[str, object]:
+        return RESULT
+
+    for rep in range(reps):
+        sync_runtime = _sync_runtime(directory / f"sync-{rep}.db", "bench")
+        spent = {"async": 0.0, "sync": 0.0}
+
+        async def run_async(turns: int, rep: int = rep) -> None:
+            runtime = AsyncDurableWorkflowRuntime(
+                storage=SqliteStepStorage(directory / f"async-{rep}.db"), workflow_id="bench",
+                clock=FakeClock(start=1000.0))
+            runtime.register("Bench.step", step)
+            for turn in range(turns):
+                started = time.perf_counter()
+                for n in range(turn * CHUNK, (turn + 1) * CHUNK):
+                    await runtime.do("Bench.step", n)
+                spent["async"] += time.perf_counter() - started
+                started = time.perf_counter()
+                for n in range(turn * CHUNK, (turn + 1) * CHUNK):
+                    sync_runtime.do("Bench.step", n)
+                spent["sync"] += time.perf_counter() - started
+            await runtime.aclose()
+
+        turns = max(1, count // CHUNK)
+        asyncio.run(run_async(turns))
+        sync_runtime.close()
+        ours.append(per_step(spent["async"], turns * CHUNK))
+        sync.append(per_step(spent["sync"], turns * CHUNK))
+    ratio = paired(ours, sync)
+    return [Row("12. asyncio runtime, SQLite", "µs/step", ours, sync,
+                "the sync runtime, same steps, same run", "<= 1.5x", ratio <= 1.5, ratio)]
+
+
+def _first_call(path: Path, workflow: str) -> float:
+    """µs for the first call of a new runtime over ``workflow``'s recorded history."""
+    runtime = _sync_runtime(path, workflow)
+    started = time.perf_counter()
+    runtime.do("Bench.step", 0)
+    spent = time.perf_counter() - started
+    runtime.close()
+    return spent * 1e6
+
+
+def scenario_long_workflow(directory: Path, steps: int, reps: int) -> list[Row]:
+    path = directory / "long.db"
+    writer = _sync_runtime(path, "long")
+    for n in range(steps):
+        writer.do("Bench.step", n)
+    writer.close()
+    short = _sync_runtime(path, "short")
+    for n in range(10):
+        short.do("Bench.step", n)
+    short.close()
+    big, small = [], []
+    for _ in range(reps):
+        big.append(_first_call(path, "long"))
+        small.append(_first_call(path, "short"))
+    ratio = paired(big, small)
+    # Memory held after the whole replay: tracemalloc of the runtime's allocations.
+    runtime = _sync_runtime(path, "long")
+    gc.collect()
+    tracemalloc.start()
+    for n in range(steps):
+        runtime.do("Bench.step", n)
+    gc.collect()
+    held = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    runtime.close()
+    per_call = held / steps
+    return [
+        Row(f"13. first call, {steps:,}-step workflow", "µs", big, small,
+            "the first call of a 10-step workflow", "<= 3x", ratio <= 3, ratio),
+        Row(f"13. memory after replaying {steps:,} steps", "bytes/call", [per_call],
+            [100.0], "the target", "<= ~100 bytes/call", per_call <= 110, per_call / 100,
+            notes="what the runtime still holds (tracemalloc): the call numbering"),
+    ]
