@@ -75,6 +75,22 @@ def numbered(base: str, n: int) -> str:
     return base if n == 0 else f"{base}#{n}"
 
 
+def _key(base: str) -> int | str:
+    """What the counter keeps of a call hash: its 128 bits as an int (44 bytes, against 84 for
+    the 35-character string), since a long replay keeps one entry per distinct call; any
+    other text (an explicit key) as it is."""
+    if len(base) == _HASHED and base.startswith(SCHEME_PREFIX):
+        try:
+            return int(base[_PREFIXED:], 16)
+        except ValueError:
+            pass
+    return base
+
+
+_PREFIXED = len(SCHEME_PREFIX)
+_HASHED = _PREFIXED + 32
+
+
 class CallCounter:
     """Counts calls per hash within one scope, to number identical calls ``#1``, ``#2``...
 
@@ -86,14 +102,15 @@ class CallCounter:
     __slots__ = ("_lock", "_next")
 
     def __init__(self) -> None:
-        self._next: dict[str, int] = {}
+        self._next: dict[int | str, int] = {}
         self._lock = threading.Lock()
 
     def take(self, base: str) -> int:
         """Return the number of the next call with hash ``base`` in this scope."""
+        key = _key(base)
         with self._lock:
-            n = self._next.get(base, 0)
-            self._next[base] = n + 1
+            n = self._next.get(key, 0)
+            self._next[key] = n + 1
         return n
 
     def give_back(self, base: str, n: int) -> None:
@@ -103,9 +120,10 @@ class CallCounter:
         of a hash can come back (the counter must stand at ``n + 1``; it then stands at
         ``n``, so several failures in a row can each give theirs back).
         """
+        key = _key(base)
         with self._lock:
-            if self._next.get(base) == n + 1:
+            if self._next.get(key) == n + 1:
                 if n == 0:
-                    del self._next[base]
+                    del self._next[key]
                 else:
-                    self._next[base] = n
+                    self._next[key] = n

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
-import uuid
 from collections.abc import Callable, Collection, Generator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -191,6 +190,8 @@ Op = Generator[Any, Any, Any]
 
 def fresh_run_id() -> str:
     """A run id for a run started without one: no idempotency."""
+    import uuid  # only runs started without an id pay for it (import time: issue 16)
+
     return "r_" + uuid.uuid4().hex
 
 

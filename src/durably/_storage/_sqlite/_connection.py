@@ -24,7 +24,6 @@ import os
 import sqlite3
 import stat
 import time
-import urllib.parse
 from collections.abc import Iterator
 
 from ..._errors import StorageError
@@ -97,6 +96,8 @@ def connect_readonly(path: str, timeout: float) -> sqlite3.Connection:
     """
     if not os.path.isfile(path):
         raise StorageError(f"step database {path!r} does not exist", path=path)
+    import urllib.parse  # only read-only opens need it
+
     uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
     return sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None,
                            check_same_thread=False)
