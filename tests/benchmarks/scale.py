@@ -29,37 +29,40 @@ def _sync_runtime(path: Path, workflow: str) -> DurableWorkflowRuntime:
     return runtime
 
 
-def scenario_async(directory: Path, count: int, reps: int) -> list[Row]:
-    ours, sync = [], []
+async def _alternate(path: Path, sync_runtime: DurableWorkflowRuntime,
+                     turns: int) -> tuple[float, float]:
+    """Seconds spent by the async runtime and by the sync one, in alternating turns."""
 
     async def step(n: int) -> dict[str, object]:
         return RESULT
 
+    runtime = AsyncDurableWorkflowRuntime(storage=SqliteStepStorage(path), workflow_id="bench",
+                                          clock=FakeClock(start=1000.0))
+    runtime.register("Bench.step", step)
+    spent_async = spent_sync = 0.0
+    for turn in range(turns):
+        started = time.perf_counter()
+        for n in range(turn * CHUNK, (turn + 1) * CHUNK):
+            await runtime.do("Bench.step", n)
+        spent_async += time.perf_counter() - started
+        started = time.perf_counter()
+        for n in range(turn * CHUNK, (turn + 1) * CHUNK):
+            sync_runtime.do("Bench.step", n)
+        spent_sync += time.perf_counter() - started
+    await runtime.aclose()
+    return spent_async, spent_sync
+
+
+def scenario_async(directory: Path, count: int, reps: int) -> list[Row]:
+    ours, sync = [], []
+    turns = max(1, count // CHUNK)
     for rep in range(reps):
         sync_runtime = _sync_runtime(directory / f"sync-{rep}.db", "bench")
-        spent = {"async": 0.0, "sync": 0.0}
-
-        async def run_async(turns: int, rep: int = rep) -> None:
-            runtime = AsyncDurableWorkflowRuntime(
-                storage=SqliteStepStorage(directory / f"async-{rep}.db"), workflow_id="bench",
-                clock=FakeClock(start=1000.0))
-            runtime.register("Bench.step", step)
-            for turn in range(turns):
-                started = time.perf_counter()
-                for n in range(turn * CHUNK, (turn + 1) * CHUNK):
-                    await runtime.do("Bench.step", n)
-                spent["async"] += time.perf_counter() - started
-                started = time.perf_counter()
-                for n in range(turn * CHUNK, (turn + 1) * CHUNK):
-                    sync_runtime.do("Bench.step", n)
-                spent["sync"] += time.perf_counter() - started
-            await runtime.aclose()
-
-        turns = max(1, count // CHUNK)
-        asyncio.run(run_async(turns))
+        spent_async, spent_sync = asyncio.run(
+            _alternate(directory / f"async-{rep}.db", sync_runtime, turns))
         sync_runtime.close()
-        ours.append(per_step(spent["async"], turns * CHUNK))
-        sync.append(per_step(spent["sync"], turns * CHUNK))
+        ours.append(per_step(spent_async, turns * CHUNK))
+        sync.append(per_step(spent_sync, turns * CHUNK))
     ratio = paired(ours, sync)
     return [Row("12. asyncio runtime, SQLite", "µs/step", ours, sync,
                 "the sync runtime, same steps, same run", "<= 1.5x", ratio <= 1.5, ratio)]

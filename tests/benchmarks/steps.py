@@ -39,23 +39,65 @@ from durably import (
 from durably.testing import FakeClock
 
 
+class _FloorSteps:
+    """The floor of a correct two-commit step: a step's two statements written by hand (the
+    RUNNING marker's INSERT, then the COMPLETED UPDATE of the same row), each its own commit,
+    on durably's own schema and connection settings, with no runtime at all."""
+
+    def __init__(self, path: str, durability: str) -> None:
+        import hashlib
+
+        self._hashlib = hashlib
+        SqliteStepStorage(path, durability=durability).close()  # schema and pragmas
+        self.conn = sqlite3.connect(path, isolation_level=None)
+        self.conn.execute(f"PRAGMA synchronous = {durability.upper()}")
+        self.n = 0
+
+    def run(self, steps: int) -> float:
+        conn, n0 = self.conn, self.n
+        self.n += steps
+        started = time.perf_counter()
+        for n in range(n0, n0 + steps):
+            step_id = "s1_" + self._hashlib.sha256(str(n).encode()).hexdigest()[:32]
+            conn.execute(
+                "INSERT INTO durably_steps (step_id, workflow_id, action, status, attempts,"
+                " created_at, started_at, updated_at, budget_started_at) VALUES"
+                " (?, 'bench', 'Bench.step', 'running', 1, 1.0, 1.0, 1.0, 1.0)", (step_id,))
+            conn.execute(
+                "UPDATE durably_steps SET status = 'completed', result = ?, updated_at = 2.0,"
+                " completed_at = 2.0 WHERE step_id = ?", (ROW, step_id))
+        return time.perf_counter() - started
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 def scenario_sqlite(directory: Path, steps: int, reps: int) -> list[Row]:
     rows = []
-    for durability, synchronous, floor in (("normal", "NORMAL", 0.30), ("full", "FULL", 0.50)):
-        ours, raw = [], []
+    for durability, synchronous, target in (("normal", "NORMAL", 0.50), ("full", "FULL", 0.65)):
+        ours, raw, floor = [], [], []
         for rep in range(reps):
             mine = DurableSteps(str(directory / f"d-{durability}-{rep}.db"), durability)
             theirs = RawCommits(str(directory / f"r-{durability}-{rep}.db"), synchronous)
+            least = _FloorSteps(str(directory / f"f-{durability}-{rep}.db"), durability)
             a, b = alternate(mine, theirs, steps)
-            mine.close()
-            theirs.close()
+            c, _ = alternate(least, theirs, steps)
+            for runner in (mine, theirs, least):
+                runner.close()
             ours.append(a)
             raw.append(b)
+            floor.append(c)
         rate = paired(raw, ours)
+        floor_rate = paired(raw, floor)
         rows.append(Row(f"1. durable step, SQLite {durability}", "µs/step", ours, raw,
                         f"raw BEGIN;INSERT;COMMIT ({synchronous})",
-                        f"rate >= {floor} of raw", rate >= floor, rate,
+                        f"rate >= {target} of raw", rate >= target, rate,
                         f"rate ratio {rate:.2f}; {1e6 / median(ours):,.0f} steps/s"))
+        rows.append(Row(f"1. floor: a step's two commits, {durability}", "µs/step", floor,
+                        raw, "the same raw commit", "(the best a two-commit step can do)",
+                        None, floor_rate,
+                        f"rate {floor_rate:.2f}: the marker INSERT and the COMPLETED UPDATE"
+                        " by hand, on durably's schema, no runtime"))
     return rows
 
 
@@ -344,12 +386,18 @@ def import_seconds(code: str) -> float:
 
 def scenario_import(reps: int) -> list[Row]:
     ours, base = [], []
+    import_seconds("import durably")  # writes the bytecode, if it was not there
+    floor = []
     for _ in range(reps):
+        floor.append(import_seconds("import sqlite3, json, typing, dataclasses, enum") * 1e3)
         ours.append(import_seconds("import durably") * 1e3)
         base.append(import_seconds("import sqlite3, json") * 1e3)
     ratio = paired(ours, base)
-    return [Row("7. import time", "ms", ours, base, "import sqlite3, json", "<= 1.5x",
-                ratio <= 1.5, ratio)]
+    return [Row("7. import time", "ms", ours, base, "import sqlite3, json", "<= 1.3x",
+                ratio <= 1.3, ratio, "fresh interpreters, bytecode cached"),
+            Row("7. floor: sqlite3, json, typing, dataclasses, enum", "ms", floor, base,
+                "import sqlite3, json", "(what durably's records and protocols need)", None,
+                paired(floor, base))]
 
 
 # ------------------------------------------------------------------ 8. DBOS, if present
