@@ -25,6 +25,7 @@ LAYERS: dict[str, float] = {
     "_storage._sqlite._connection": 9, "_storage._sqlite._runs": 9.5,
     "_storage._sqlite._store": 9.7,
     "_storage._postgres._schema": 8, "_storage._postgres._connection": 9,
+    "_storage._postgres._runs": 9.5,
     "_storage._postgres._store": 9.7, "_storage._postgres": 9.8,
     "_core": 10, "_waits": 10.2, "_workflows": 10.5,
     "_threads": 11, "_tasks": 11, "_handles": 11, "_proxy": 11, "_step": 11,
