@@ -202,10 +202,19 @@ class RunTables:
         params = (*record_to_row(record, self.where), run_id, fence)
         sql = self._sql_record[self._relaxed(record.status)]
 
-        def work(conn: Conn) -> Any:
+        return self._write_step(sql, params, record,
+                                lambda conn: self._check_owned(conn, run_id, fence))
+
+    def _write_step(self, sql: str, params: Sequence[Any], record: StepRecord,
+                    refused: Callable[[Conn], None] | None = None) -> StepRecord:
+        """Run an upsert of ``record`` that writes nothing over a COMPLETED record (or under
+        a stale fence); return what is stored. A write that took place stored ``record``
+        itself; when none did, ``refused(conn)`` raises if the fence is stale, and the
+        stored (COMPLETED) record is read back (or, deleted meanwhile, written again)."""
+        def work(conn: Conn) -> StepRecord:
             while not conn.execute(sql, params).rowcount:
-                # Nothing was written: either the fence is stale or the step is COMPLETED.
-                self._check_owned(conn, run_id, fence)
+                if refused is not None:
+                    refused(conn)
                 row = conn.execute(self._sql_step_get, (record.step_id,)).fetchone()
                 if row is not None:
                     return row_to_record(row, self.where)

@@ -178,18 +178,7 @@ class PostgresStorage(RunTables):
     def set(self, record: StepRecord) -> StepRecord:
         """Store ``record`` unless a COMPLETED one is stored; return what is stored."""
         params = record_to_row(record, self.where)
-        sql = self._sql_set[self._relaxed(record.status)]
-
-        def work(conn: Conn) -> Any:
-            while not conn.execute(sql, params).rowcount:
-                # A COMPLETED record is there (or it was deleted since: write again).
-                row = conn.execute(self._sql_step_get, (record.step_id,)).fetchone()
-                if row is not None:
-                    return row_to_record(row, self.where)
-            return record
-
-        stored: StepRecord = self._run_work("writing step", work, record.step_id)
-        return stored
+        return self._write_step(self._sql_set[self._relaxed(record.status)], params, record)
 
     def delete(self, step_id: str) -> bool:
         """Remove the record; return whether there was one."""
