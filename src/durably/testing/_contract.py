@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
 from .._records import ErrorInfo, StepRecord, StepStatus
 from .._storage import StepStorage
+from ._suite import ContractSuite
 
 __all__ = ["StorageContract"]
 
@@ -32,7 +32,7 @@ def _completed(step_id: str, result: str, **fields: Any) -> StepRecord:
                    updated_at=101.0, **fields)
 
 
-class StorageContract:
+class StorageContract(ContractSuite):
     """Checks every rule of :class:`~durably.StepStorage` against an adapter.
 
     With pytest, subclass it in a test module and provide a ``storage`` fixture::
@@ -48,26 +48,6 @@ class StorageContract:
     storage from ``make_storage()``, and returns the names of the checks that passed; the first
     failure raises ``AssertionError``.
     """
-
-    #: Threads used by the concurrency checks.
-    threads: ClassVar[int] = 8
-
-    @classmethod
-    def check_names(cls) -> list[str]:
-        """Return the names of every check, in a stable order."""
-        return sorted(name for name in dir(cls) if name.startswith("test_"))
-
-    @classmethod
-    def run(cls, make_storage: Callable[[], StepStorage]) -> list[str]:
-        """Run every check on a fresh storage from ``make_storage``; return their names."""
-        suite = cls()
-        for name in cls.check_names():
-            storage = make_storage()
-            try:
-                getattr(suite, name)(storage)
-            finally:
-                storage.close()
-        return cls.check_names()
 
     def test_round_trip(self, storage: StepStorage) -> None:
         """A record set is the record got back, every field included."""

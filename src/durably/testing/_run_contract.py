@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
 from .._errors import OwnershipLost, RunClosedError, RunNotFoundError
 from .._records import ErrorInfo, EventRecord, RunRecord, RunStatus, StepRecord, StepStatus
+from ._suite import ContractSuite
 
 __all__ = ["RunStorageContract"]
 
@@ -43,32 +44,12 @@ def _raises(kind: type[BaseException], work: Callable[[], Any]) -> BaseException
     raise AssertionError(f"expected {kind.__name__}")
 
 
-class RunStorageContract:
+class RunStorageContract(ContractSuite):
     """Checks every rule of :class:`~durably.RunStorage` against an adapter.
 
     With pytest, subclass it and provide a ``storage`` fixture (as for ``StorageContract``);
     without, ``RunStorageContract.run(make_storage)`` runs every check on fresh storages.
     """
-
-    #: Threads used by the concurrency checks.
-    threads: ClassVar[int] = 8
-
-    @classmethod
-    def check_names(cls) -> list[str]:
-        """Return the names of every check, in a stable order."""
-        return sorted(name for name in dir(cls) if name.startswith("test_"))
-
-    @classmethod
-    def run(cls, make_storage: Callable[[], Any]) -> list[str]:
-        """Run every check on a fresh storage from ``make_storage``; return their names."""
-        suite = cls()
-        for name in cls.check_names():
-            storage = make_storage()
-            try:
-                getattr(suite, name)(storage)
-            finally:
-                storage.close()
-        return cls.check_names()
 
     # ------------------------------------------------------------------ runs
 
