@@ -30,10 +30,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._errors import ConfigurationError
-from ._records import ErrorInfo, EventRecord, RunRecord, RunStatus, StepRecord, StepStatus
+from ._records import (
+    ErrorInfo,
+    EventRecord,
+    RunRecord,
+    RunStatus,
+    StepRecord,
+    StepStatus,
+    step_of_run,
+)
 
 __all__ = ["FORMAT", "VERSION", "Export", "ExportError", "header", "read_export",
-           "record_dict", "record_from_dict", "run_prefix", "value_fields"]
+           "record_dict", "record_from_dict", "value_fields"]
 
 FORMAT = "durably-export"
 VERSION = 1
@@ -132,11 +140,6 @@ def header(*, schema_version: int, codec: str, decoded: bool, redacted: bool) ->
             "codec": codec, "decoded": decoded, "redacted": redacted}
 
 
-def run_prefix(run_id: str) -> str:
-    """The prefix every step id of the run starts with."""
-    return run_id + "/"
-
-
 @dataclass
 class Export:
     """What an export file holds, checked whole.
@@ -212,8 +215,7 @@ def read_export(lines: Iterable[str]) -> Export:
                 export.runs.append(current)
             elif kind == "step":
                 step = record_from_dict("step", data, where)
-                if current is not None and step.workflow_id == current[0].run_id \
-                        and step.step_id.startswith(run_prefix(current[0].run_id)):
+                if current is not None and step_of_run(step, current[0].run_id):
                     current[1].append(step)
                 else:
                     current = None  # the steps outside runs come after every run

@@ -15,6 +15,7 @@ from typing import Any
 __all__ = [
     "TERMINAL", "ErrorInfo", "EventRecord", "Pipeline", "RunRecord", "RunStatus", "StepContext",
     "StepEvent", "StepRecord", "StepStatus", "new_context", "new_record", "step_kind",
+    "step_of_run",
 ]
 
 
@@ -354,6 +355,14 @@ class EventRecord:
 
 _KINDS = {"durably.sleep": "sleep", "durably.wait": "wait", "durably.publish": "publish",
           "durably.start": "start", "durably.send": "send"}
+
+
+def step_of_run(step: StepRecord, run_id: str) -> bool:
+    """Whether ``step`` is one of run ``run_id``'s steps: they carry the run id as their
+    workflow id, and their ids are ``run_id + "/" + local id`` (a step outside runs with an
+    explicit key ``workflow/key`` does not count, unless it also names the run as its
+    workflow)."""
+    return step.workflow_id == run_id and step.step_id.startswith(run_id + "/")
 
 
 def step_kind(action: str) -> str:

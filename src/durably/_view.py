@@ -62,11 +62,6 @@ class WorkflowView:
         """Whether the first page of history has been read."""
         return self._records is not None
 
-    @property
-    def complete(self) -> bool:
-        """Whether the whole history has been read."""
-        return self._done
-
     def needs(self, step_id: str) -> bool:
         """Whether more history must be read before ``step_id`` can be answered: nothing is
         read yet, or the step is not among the records read and more remain."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
-from collections.abc import Callable, Collection, Generator
+from collections.abc import Callable, Collection, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -485,14 +485,21 @@ def op_events(host: RunHost, run_id: str) -> Op:
     return (yield StoreCall(host._runs.list_events, run_id))
 
 
-def _published(host: RunHost, steps: list[StepRecord]) -> dict[str, Any]:
-    """The latest value of every key a run published (by its publish steps, in call order)."""
-    values: dict[str, Any] = {}
+def published_steps(steps: Sequence[StepRecord]) -> dict[str, StepRecord]:
+    """The publish step that holds the latest value of every key a run published (its
+    publish steps, in call order; the command line shows their stored text)."""
+    latest: dict[str, StepRecord] = {}
     for step in steps:
         if step.status is StepStatus.COMPLETED and step.action.startswith(PUBLISH):
-            values[step.action[len(PUBLISH):]] = decode_text(
-                host._codec, step.result or "null", f"published value of step {step.step_id}")
-    return values
+            latest[step.action[len(PUBLISH):]] = step
+    return latest
+
+
+def _published(host: RunHost, steps: list[StepRecord]) -> dict[str, Any]:
+    """The latest value of every key a run published, decoded."""
+    return {key: decode_text(host._codec, step.result or "null",
+                             f"published value of step {step.step_id}")
+            for key, step in published_steps(steps).items()}
 
 
 PUBLISH = "durably.publish:"

@@ -8,7 +8,8 @@ import json
 import sys
 from typing import Any, TextIO
 
-from .._export import Export, header, read_export, record_dict, run_prefix, value_fields
+from .._export import Export, header, read_export, record_dict, value_fields
+from .._records import step_of_run
 from ._session import (
     NOT_FOUND,
     OK,
@@ -70,7 +71,7 @@ def cmd_export(session: Session) -> int:
         for run in runs:
             write("run", run)
             for step in store.list(workflow_id=run.run_id):
-                if step.step_id.startswith(run_prefix(run.run_id)):
+                if step_of_run(step, run.run_id):
                     write("step", step)
             for event in store.list_events(run.run_id):
                 write("event", event)

@@ -16,14 +16,14 @@ from .._clock import Clock
 from .._codec import JsonCodec, PickleCodec
 from .._display import age, duration, parse_since
 from .._errors import ConfigurationError, RunNotFoundError
-from .._export import record_dict, run_prefix
+from .._export import record_dict
 from .._forks import local_id
-from .._records import RunRecord, RunStatus, StepRecord, StepStatus, step_kind
+from .._records import RunRecord, RunStatus, StepRecord, StepStatus, step_kind, step_of_run
 from .._runtime import DurableWorkflowRuntime
 from .._storage import RunStorage, StepStorage
 from .._storage._sqlite import SCHEMA_VERSION as SQLITE_VERSION
 from .._storage._sqlite import SqliteStepStorage
-from .._workflows import PUBLISH
+from .._workflows import published_steps
 from ..testing import FakeClock
 
 __all__ = [
@@ -195,16 +195,13 @@ def completed_count(session: Session, run_id: str) -> int:
 
 
 def belongs_to_run(step: StepRecord, run_ids: set[str]) -> bool:
-    return step.workflow_id in run_ids and step.step_id.startswith(
-        run_prefix(step.workflow_id))
+    """Whether ``step`` is a step of one of the runs ``run_ids``."""
+    return step.workflow_id in run_ids and step_of_run(step, step.workflow_id)
 
 
 def published_values(steps: Sequence[StepRecord]) -> dict[str, str | None]:
-    values: dict[str, str | None] = {}
-    for step in steps:
-        if step.status is StepStatus.COMPLETED and step.action.startswith(PUBLISH):
-            values[step.action[len(PUBLISH):]] = step.result
-    return values
+    """The stored text of the latest value of every key the run published."""
+    return {key: step.result for key, step in published_steps(steps).items()}
 
 
 def step_json(run_id: str | None, step: StepRecord) -> dict[str, Any]:
