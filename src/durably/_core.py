@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AttemptOutcome",
+    "Handoff",
     "Hooks",
     "ReadHistory",
     "RunAttempt",
@@ -60,6 +61,7 @@ __all__ = [
     "durable_step",
     "logger",
     "single_attempt",
+    "straight_step",
 ]
 
 def logger() -> logging.Logger:
@@ -113,7 +115,7 @@ class Hooks:
     set, so steps without hooks pay nothing.
     """
 
-    __slots__ = ("on_complete", "on_error", "on_start")
+    __slots__ = ("on_complete", "on_error", "on_start", "silent")
 
     def __init__(
         self,
@@ -133,6 +135,8 @@ class Hooks:
                                  adapt(on_complete, "result"))
         self.on_error = _both(getattr(hooks, "on_step_error", None),
                               adapt(on_error, "error", "attempt"))
+        self.silent = self.on_start is None and self.on_complete is None \
+            and self.on_error is None
 
     @staticmethod
     def _call(name: str, hook: _Listener, plan: StepPlan, attempt: int, result: Any = None,
@@ -160,6 +164,10 @@ class Hooks:
         """Report that attempt ``attempt`` of ``plan`` raised ``error``."""
         if self.on_error is not None:
             self._call("on_step_error", self.on_error, plan, attempt, error=error)
+
+
+_SILENT = Hooks()
+"""No hooks: what the straight path's handoffs run with (it is taken only without hooks)."""
 
 
 # ---------------------------------------------------------------- commands
@@ -367,7 +375,8 @@ def single_attempt(plan: StepPlan, hooks: Hooks) -> StepMachine:
 
 
 def durable_step(
-    plan: StepPlan, codec: Codec, hooks: Hooks, now: Callable[[], float]
+    plan: StepPlan, codec: Codec, hooks: Hooks, now: Callable[[], float], *,
+    resume: StepRecord | None = None, ran: AttemptOutcome | None = None,
 ) -> StepMachine:
     """Run one durable step (``do``) to its end.
 
@@ -382,6 +391,10 @@ def durable_step(
        continues this step instead of opening the next one: a program that catches the error
        and calls again must not run the step under a new id that a re-run would not reach.
 
+    ``resume`` (the straight path's handoff, see :func:`straight_step`): the unfinished record
+    already taken from the view, so no history is read; with ``ran``, the outcome of the
+    attempt whose RUNNING marker ``resume`` is.
+
     Raises ``WorkflowStepError`` when the step gives up, ``SerializationError`` for an
     unencodable result, ``HandlerNotFoundError`` for an unknown action, ``TypeError`` when the
     arguments do not fit the handler, and lets storage errors through.
@@ -389,14 +402,97 @@ def durable_step(
     try:
         view = plan.view
         assert view is not None, "a durable plan has a view"
-        while view.needs(plan.step_id):  # history is read as far as this call needs
-            yield ReadHistory(view, plan.step_id)
-        stored = view.take(plan.step_id)
-        if stored is not None and stored.status is COMPLETED:
-            return decode_stored(codec, stored)
-        return (yield from _run_budget(plan, view, stored, codec, hooks, now))
+        stored = resume
+        if stored is None:
+            while view.needs(plan.step_id):  # history is read as far as this call needs
+                yield ReadHistory(view, plan.step_id)
+            stored = view.take(plan.step_id)
+            if stored is not None and stored.status is COMPLETED:
+                return decode_stored(codec, stored)
+        return (yield from _run_budget(plan, view, stored, codec, hooks, now, ran))
     except BaseException:
         plan.give_back()
+        raise
+
+
+class Handoff:
+    """What :func:`straight_step` returns when the call needs the machine after all: the
+    driver drives ``machine`` instead, as it would have from the start."""
+
+    __slots__ = ("machine",)
+
+    def __init__(self, machine: StepMachine) -> None:
+        self.machine = machine
+
+
+def straight_step(
+    plan: StepPlan, codec: Codec, now: Callable[[], float],
+    store: Callable[[StepRecord, RunBinding | None], StepRecord],
+) -> Any:
+    """The common path of :func:`durable_step`, straight-line: no generator, no commands.
+
+    A hot-path trick, kept here beside the machine it shortcuts. A driver that answers
+    commands with plain blocking calls may call this instead of driving ``durable_step``,
+    but only when nothing it skips could happen: no hooks are set and the policy has no
+    timeout (the caller checks both). ``store(record, run)`` is the driver's answer to
+    :class:`Write`. It does what the machine does on its busiest road:
+
+    * a replay (a COMPLETED record in the view) returns the decoded result;
+    * a new step writes its RUNNING marker, runs the handler once, writes COMPLETED.
+
+    At the first sign of anything else (history to read, an unfinished record, a failed
+    attempt, an awaitable or unencodable result) it returns a :class:`Handoff` to the
+    machine, entered at exactly that point (``durable_step``'s ``resume`` and ``ran``), so
+    every rule about retries, failures and refusals stays in one place.
+    tests/test_straight.py runs each case both ways and compares records and results.
+    """
+    view = plan.view
+    assert view is not None, "a durable plan has a view"
+    step_id = plan.step_id
+    try:
+        if view.needs(step_id):
+            return Handoff(durable_step(plan, codec, _SILENT, now))
+        stored = view.take(step_id)
+        if stored is not None:
+            if stored.status is COMPLETED:
+                return decode_stored(codec, stored)
+            return Handoff(durable_step(plan, codec, _SILENT, now, resume=stored))
+        handler = plan.resolve()
+        run = plan.run
+        started = now()
+        marker = new_record(step_id=step_id, workflow_id=plan.workflow_id, action=plan.action,
+                            status=RUNNING, attempts=1, created_at=started, started_at=started,
+                            updated_at=started, budget_started_at=started)
+        written = store(marker, run)
+        view.note(written)
+        if written.status is COMPLETED:  # another process or thread finished it
+            return decode_stored(codec, written)
+        token = enter_step(plan.attempt_context(1), plan.local_id)
+        try:
+            value = handler(plan.context, *plan.args)
+        except Exception as error:
+            return Handoff(durable_step(plan, codec, _SILENT, now, resume=marker,
+                                        ran=AttemptOutcome(error=error)))
+        finally:
+            leave_step(token)
+        if type(value) not in _PLAIN_VALUES:  # maybe awaitable, maybe not encodable
+            return Handoff(durable_step(plan, codec, _SILENT, now, resume=marker,
+                                        ran=AttemptOutcome(value=value)))
+        try:
+            encoded, same_value = encode_result(codec, value)
+        except SerializationError:
+            return Handoff(durable_step(plan, codec, _SILENT, now, resume=marker,
+                                        ran=AttemptOutcome(value=value)))
+        t = now()
+        mine = new_record(step_id=step_id, workflow_id=plan.workflow_id, action=plan.action,
+                          status=COMPLETED, result=encoded, attempts=1, created_at=started,
+                          started_at=started, updated_at=t, completed_at=t,
+                          budget_started_at=started)
+        written = store(mine, run)
+        view.note(written)
+        return value if same_value and written is mine else decode_stored(codec, written)
+    except BaseException:
+        plan.give_back()  # as durable_step does: see its point 3
         raise
 
 
@@ -416,9 +512,14 @@ def _does_not_fit(handler: Handler, context: Any, args: tuple[Any, ...]) -> bool
 
 def _run_budget(
     plan: StepPlan, view: WorkflowView, stored: StepRecord | None, codec: Codec, hooks: Hooks,
-    now: Callable[[], float],
+    now: Callable[[], float], ran: AttemptOutcome | None = None,
 ) -> StepMachine:
-    """The attempts of a step that must run, from the budget its record says."""
+    """The attempts of a step that must run, from the budget its record says.
+
+    ``ran``: the outcome of the attempt whose RUNNING marker ``stored`` is, which has just
+    run (the straight path hands over here; see :func:`straight_step`): the machine goes on
+    from that outcome as if it had run the attempt itself.
+    """
     handler = plan.resolve()
     step_id = plan.step_id
     workflow_id, action, policy, run = plan.workflow_id, plan.action, plan.policy, plan.run
@@ -441,7 +542,10 @@ def _run_budget(
     started_at = None if stored is None else stored.started_at
     error_info = None if stored is None else stored.error
     attempts, budget_started_at = 0, t
-    if stored is not None and stored.status is not FAILED:
+    if ran is not None:
+        assert stored is not None and stored.budget_started_at is not None, "a marker"
+        attempts, budget_started_at = stored.attempts, stored.budget_started_at
+    elif stored is not None and stored.status is not FAILED:
         attempts = stored.attempts
         if stored.budget_started_at is not None:
             budget_started_at = stored.budget_started_at
@@ -465,26 +569,29 @@ def _run_budget(
                 codec, view, reason, run))
 
     while True:
-        attempts += 1
-        started_at = t = now()
-        if attempts == 1:
-            budget_started_at = t
-        # The two records of every step are spelled out rather than built by record(): this
-        # is the hot path, and a keyword call with ** costs measurably more.
-        marker = new_record(step_id=step_id, workflow_id=workflow_id, action=action,
-                            status=RUNNING, error=error_info, attempts=attempts,
-                            created_at=created_at, started_at=t, updated_at=t,
-                            budget_started_at=budget_started_at)
-        written = yield Write(marker, run)
-        view.note(written)
-        if written.status is COMPLETED:  # another process or thread finished it
-            return decode_stored(codec, written)
+        if ran is None:
+            attempts += 1
+            started_at = t = now()
+            if attempts == 1:
+                budget_started_at = t
+            # The two records of every step are spelled out rather than built by record():
+            # this is the hot path, and a keyword call with ** costs measurably more.
+            marker = new_record(step_id=step_id, workflow_id=workflow_id, action=action,
+                                status=RUNNING, error=error_info, attempts=attempts,
+                                created_at=created_at, started_at=t, updated_at=t,
+                                budget_started_at=budget_started_at)
+            written = yield Write(marker, run)
+            view.note(written)
+            if written.status is COMPLETED:  # another process or thread finished it
+                return decode_stored(codec, written)
 
-        if hooks.on_start is not None:
-            hooks.started(plan, attempts)
-        outcome: AttemptOutcome = yield RunAttempt(handler, plan.attempt_context(attempts),
-                                                   plan.context, plan.args, policy.timeout,
-                                                   plan.local_id)
+            if hooks.on_start is not None:
+                hooks.started(plan, attempts)
+            outcome: AttemptOutcome = yield RunAttempt(
+                handler, plan.attempt_context(attempts), plan.context, plan.args,
+                policy.timeout, plan.local_id)
+        else:
+            outcome, ran = ran, None
         if outcome.error is None and type(outcome.value) not in _PLAIN_VALUES:
             outcome = _refuse_awaitable(plan, outcome)
         error = outcome.error
@@ -520,7 +627,8 @@ def _run_budget(
                 hooks.completed(plan, attempts, result)
             return result
 
-        hooks.failed(plan, attempts, error)
+        if hooks.on_error is not None:
+            hooks.failed(plan, attempts, error)
         t = now()
         if type(error) is TypeError and _does_not_fit(handler, plan.context, plan.args):
             # A programming error, not a failure: another attempt cannot fix it.

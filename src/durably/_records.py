@@ -19,6 +19,10 @@ __all__ = [
 ]
 
 
+_new_object = object.__new__
+"""Makes an instance without its ``__init__``: the fast constructors below fill its dict."""
+
+
 class StepStatus(str, enum.Enum):
     """Where a durable step stands. The value is what storage backends persist."""
 
@@ -69,8 +73,11 @@ class ErrorInfo:
             message = str(error)
         except Exception as broken:  # a __str__ that raises
             message = f"<str() of the error raised {type(broken).__name__}>"
-        return cls(type=kind.__qualname__, module=kind.__module__, message=message,
-                   traceback=text)
+        # Filled the way new_record fills a StepRecord: one is made per failed attempt.
+        info: ErrorInfo = _new_object(cls)
+        info.__dict__.update(type=kind.__qualname__, module=kind.__module__, message=message,
+                             traceback=text)
+        return info
 
     def to_dict(self) -> dict[str, str]:
         """Return the fields as a plain ``dict`` (what SQLite stores as JSON)."""
@@ -121,8 +128,6 @@ class StepRecord:
     next_attempt_at: float | None = None
     budget_started_at: float | None = None
 
-
-_new_object = object.__new__
 
 
 def new_record(

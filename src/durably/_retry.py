@@ -151,9 +151,11 @@ class RetryPolicy:
         return [backoff_delay(self, k, 0.0) for k in range(1, self.max_attempts)]
 
 
-@dataclass(frozen=True)
 class RetryDecision:
-    """The answer to "retry or stop?" after a failed attempt.
+    """The answer to "retry or stop?" after a failed attempt (immutable by convention).
+
+    A slotted class rather than a frozen dataclass: one is made per failed attempt, and a
+    frozen dataclass's ``__init__`` costs several times more.
 
     Attributes:
         retry: whether another attempt is scheduled.
@@ -161,9 +163,19 @@ class RetryDecision:
         reason: why the step stops, in words (empty when it retries).
     """
 
-    retry: bool
-    delay: float = 0.0
-    reason: str = ""
+    __slots__ = ("delay", "reason", "retry")
+
+    def __init__(self, retry: bool, delay: float = 0.0, reason: str = "") -> None:
+        self.retry = retry
+        self.delay = delay
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"RetryDecision(retry={self.retry}, delay={self.delay}, reason={self.reason!r})"
+
+
+_RETRY_AT_ONCE = RetryDecision(True)
+"""The decision of every retry without a wait (the common case of a zero initial delay)."""
 
 
 def jitter_fraction(workflow_id: str, step_id: str, retry_number: int) -> float:
@@ -254,4 +266,4 @@ def decide_retry(
         return RetryDecision(
             False, reason=f"the next attempt would start past max_elapsed={policy.max_elapsed} s"
         )
-    return RetryDecision(True, delay=delay)
+    return _RETRY_AT_ONCE if delay == 0 else RetryDecision(True, delay=delay)

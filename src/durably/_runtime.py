@@ -11,9 +11,10 @@ from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, overload
 
 from ._clock import Clock, SystemClock
-from ._context import enter_run, leave_run
+from ._context import RunBinding, enter_run, leave_run
 from ._core import (
     AttemptOutcome,
+    Handoff,
     ReadHistory,
     RunAttempt,
     Sleep,
@@ -22,6 +23,7 @@ from ._core import (
     Write,
     call_handler,
     logger,
+    straight_step,
 )
 from ._errors import StepTimeoutError, StorageError
 from ._handles import RunHandle, Worker, Workflow
@@ -313,6 +315,15 @@ class DurableWorkflowRuntime(RuntimeBase):
         except RuntimeError:
             logger().warning("durably: %s sent after close(); dropped", plan.action)
 
+    def _durable(self, plan: StepPlan) -> Any:
+        # The straight path when nothing it skips can happen (see _core.straight_step).
+        if self._hooks.silent and plan.policy.timeout is None:
+            result = straight_step(plan, self._codec, self._clock.now, self._store)
+            if type(result) is Handoff:
+                return self._drive(result.machine)
+            return result
+        return super()._durable(plan)
+
     def _drive(self, machine: StepMachine) -> Any:
         answers = _ANSWERS
         reply: Any = None
@@ -368,10 +379,12 @@ class DurableWorkflowRuntime(RuntimeBase):
                 view.add_page(records, cursor)
 
     def _write(self, command: Write) -> StepRecord:
-        run = command.run
+        return self._store(command.record, command.run)
+
+    def _store(self, record: StepRecord, run: RunBinding | None) -> StepRecord:
         if run is None:
-            return self._storage.set(command.record)
-        return self._runs.record_step(run.run_id, run.fence, command.record)
+            return self._storage.set(record)
+        return self._runs.record_step(run.run_id, run.fence, record)
 
     def _sleep(self, command: Sleep) -> None:
         if command.for_event and isinstance(self._clock, SystemClock):
