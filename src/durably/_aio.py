@@ -25,7 +25,7 @@ from types import TracebackType
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 from ._clock import AsyncSystemClock, Clock
-from ._context import enter_run, enter_step, leave_run, leave_step
+from ._context import enter_run, leave_run, leave_step
 from ._core import (
     AttemptOutcome,
     ReadHistory,
@@ -80,7 +80,7 @@ class _AsyncStepDecorator(Protocol):
 
 
 async def _call_async(command: RunAttempt) -> Any:
-    token = enter_step(command.step, command.local_id)
+    token = command.enter()
     try:
         result = command.handler(command.context, *command.args)
         if inspect.isawaitable(result):
@@ -96,7 +96,7 @@ async def _call_sync(command: RunAttempt) -> Any:
         raise outcome.error
     value = outcome.value
     if inspect.isawaitable(value):  # a plain function that returned a coroutine: await it
-        token = enter_step(command.step, command.local_id)
+        token = command.enter()
         try:
             value = await value
         finally:
@@ -505,7 +505,7 @@ class AsyncDurableWorkflowRuntime(RuntimeBase):
         if not done:
             task.cancel()
             await asyncio.wait({task})
-            return AttemptOutcome(error=StepTimeoutError(command.step.step_id, command.timeout))
+            return AttemptOutcome(error=StepTimeoutError(command.plan.step_id, command.timeout))
         try:
             return AttemptOutcome(value=task.result())
         except Exception as error:

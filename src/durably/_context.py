@@ -9,14 +9,16 @@ parent step.
 from __future__ import annotations
 
 import contextvars
+from typing import Protocol
 
 from ._ids import CallCounter
 from ._records import StepContext
 from ._view import WorkflowView
 
 __all__ = [
-    "ActiveStep", "DeadlinePassed", "RunBinding", "RunUnwind", "Scope", "active_scope",
-    "active_step", "current_step", "enter_run", "enter_step", "leave_run", "leave_step",
+    "ActiveStep", "ContextSource", "DeadlinePassed", "RunBinding", "RunUnwind", "Scope",
+    "active_scope", "active_step", "current_step", "enter_run", "enter_step", "leave_run",
+    "leave_step",
 ]
 
 
@@ -94,21 +96,38 @@ def leave_run(token: contextvars.Token[Scope | None]) -> None:
     _scope.reset(token)
 
 
+class ContextSource(Protocol):
+    """What makes the :class:`StepContext` of an attempt (the step's plan)."""
+
+    def attempt_context(self, attempt: int) -> StepContext:
+        """The context of attempt ``attempt``."""
+        ...
+
+
 class ActiveStep:
     """What the context variable holds while a handler runs: its step and its children.
 
     Attributes:
-        context: what ``current_step()`` returns.
+        attempt: the attempt's number.
         local_id: the step's id within its scope (without a run's prefix): what its children
             hash as their parent.
     """
 
-    __slots__ = ("_children", "context", "local_id")
+    __slots__ = ("_children", "_context", "_source", "attempt", "local_id")
 
-    def __init__(self, context: StepContext, local_id: str) -> None:
-        self.context = context
+    def __init__(self, source: ContextSource, attempt: int, local_id: str) -> None:
+        self._source = source
+        self.attempt = attempt
         self.local_id = local_id
+        self._context: StepContext | None = None
         self._children: CallCounter | None = None
+
+    @property
+    def context(self) -> StepContext:
+        """What ``current_step()`` returns; made on first use, as most handlers never ask."""
+        if self._context is None:
+            self._context = self._source.attempt_context(self.attempt)
+        return self._context
 
     @property
     def children(self) -> CallCounter:
@@ -138,9 +157,11 @@ def current_step() -> StepContext | None:
     return None if active is None else active.context
 
 
-def enter_step(context: StepContext, local_id: str) -> contextvars.Token[ActiveStep | None]:
-    """Mark ``context`` as the running step; return the token that :func:`leave_step` takes."""
-    return _active.set(ActiveStep(context, local_id))
+def enter_step(source: ContextSource, attempt: int, local_id: str
+               ) -> contextvars.Token[ActiveStep | None]:
+    """Mark attempt ``attempt`` of ``source``'s step as running; return the token that
+    :func:`leave_step` takes."""
+    return _active.set(ActiveStep(source, attempt, local_id))
 
 
 def leave_step(token: contextvars.Token[ActiveStep | None]) -> None:

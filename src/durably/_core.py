@@ -21,7 +21,7 @@ from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._codec import Codec, decode_stored, encode_result
-from ._context import RunBinding, enter_step, leave_step
+from ._context import ActiveStep, RunBinding, enter_step, leave_step
 from ._errors import (
     ConfigurationError,
     SerializationError,
@@ -44,6 +44,7 @@ from ._retry import RetryPolicy, decide_retry
 from ._view import WorkflowView
 
 if TYPE_CHECKING:
+    import contextvars
     import logging
 
 __all__ = [
@@ -218,9 +219,9 @@ class Sleep:
 
 
 class RunAttempt:
-    """Run the handler once as ``handler(context, *args)`` inside ``step``.
+    """Run attempt ``attempt`` of ``plan``'s step: ``handler(context, *args)``.
 
-    The driver sets ``step`` as the current step while the handler runs (see
+    The driver marks the attempt as the current step while the handler runs (see
     :func:`call_handler`), applies ``timeout`` (real seconds, or ``None``), and answers with an
     :class:`AttemptOutcome`. A ``BaseException`` that is not an ``Exception`` is not an
     outcome: the driver lets it propagate, leaving the record as it is (RUNNING), exactly like
@@ -228,16 +229,21 @@ class RunAttempt:
     hands the awaitable back as the value, and the machine refuses it.
     """
 
-    __slots__ = ("args", "context", "handler", "local_id", "step", "timeout")
+    __slots__ = ("args", "attempt", "context", "handler", "plan", "timeout")
 
-    def __init__(self, handler: Handler, step: StepContext, context: Any,
-                 args: tuple[Any, ...], timeout: float | None, local_id: str) -> None:
+    def __init__(self, handler: Handler, plan: StepPlan, attempt: int, context: Any,
+                 args: tuple[Any, ...], timeout: float | None) -> None:
         self.handler = handler
-        self.step = step
+        self.plan = plan
+        self.attempt = attempt
         self.context = context
         self.args = args
         self.timeout = timeout
-        self.local_id = local_id
+
+    def enter(self) -> contextvars.Token[ActiveStep | None]:
+        """Mark this attempt as the running step (``leave_step`` undoes it)."""
+        plan = self.plan
+        return enter_step(plan, self.attempt, plan.local_id)
 
 
 class AttemptOutcome:
@@ -363,8 +369,7 @@ def single_attempt(plan: StepPlan, hooks: Hooks) -> StepMachine:
     """Run one unrecorded attempt (``try_`` and ``send``): the handler's own error is raised."""
     handler = plan.resolve()
     hooks.started(plan, 1)
-    outcome: AttemptOutcome = yield RunAttempt(handler, plan.attempt_context(1), plan.context,
-                                               plan.args, None, plan.local_id)
+    outcome: AttemptOutcome = yield RunAttempt(handler, plan, 1, plan.context, plan.args, None)
     if outcome.error is None and type(outcome.value) not in _PLAIN_VALUES:
         outcome = _refuse_awaitable(plan, outcome)
     if outcome.error is not None:
@@ -467,7 +472,7 @@ def straight_step(
         view.note(written)
         if written.status is COMPLETED:  # another process or thread finished it
             return decode_stored(codec, written)
-        token = enter_step(plan.attempt_context(1), plan.local_id)
+        token = enter_step(plan, 1, plan.local_id)
         try:
             value = handler(plan.context, *plan.args)
         except Exception as error:
@@ -587,9 +592,8 @@ def _run_budget(
 
             if hooks.on_start is not None:
                 hooks.started(plan, attempts)
-            outcome: AttemptOutcome = yield RunAttempt(
-                handler, plan.attempt_context(attempts), plan.context, plan.args,
-                policy.timeout, plan.local_id)
+            outcome: AttemptOutcome = yield RunAttempt(handler, plan, attempts, plan.context,
+                                                       plan.args, policy.timeout)
         else:
             outcome, ran = ran, None
         if outcome.error is None and type(outcome.value) not in _PLAIN_VALUES:
@@ -680,7 +684,7 @@ def call_handler(command: RunAttempt) -> AttemptOutcome:
     A ``BaseException`` that is not an ``Exception`` propagates. The value is returned as it
     is, even when it is awaitable: a driver that can await does so itself.
     """
-    token = enter_step(command.step, command.local_id)
+    token = command.enter()
     try:
         value = command.handler(command.context, *command.args)
     except Exception as error:

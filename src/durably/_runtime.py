@@ -414,11 +414,11 @@ class DurableWorkflowRuntime(RuntimeBase):
                 box.append(error)
 
         worker = threading.Thread(target=run, daemon=True,
-                                  name=f"durably-attempt-{command.step.step_id}")
+                                  name=f"durably-attempt-{command.plan.step_id}")
         worker.start()
         worker.join(command.timeout)
         if not box:
-            return AttemptOutcome(error=StepTimeoutError(command.step.step_id, command.timeout))
+            return AttemptOutcome(error=StepTimeoutError(command.plan.step_id, command.timeout))
         result = box[0]
         if isinstance(result, BaseException):
             raise result
