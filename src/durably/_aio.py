@@ -39,7 +39,7 @@ from ._core import (
 )
 from ._errors import StepTimeoutError, StorageError
 from ._handles import AsyncRunHandle, AsyncWorker, AsyncWorkflow
-from ._records import Pipeline, StepRecord
+from ._records import Pipeline, RunRecord, StepRecord
 from ._registry import is_async_callable
 from ._retry import RetryPolicy
 from ._runtime_base import RuntimeBase, check_poll
@@ -411,13 +411,14 @@ class AsyncDurableWorkflowRuntime(RuntimeBase):
     async def _pause(self, command: Pause) -> None:
         await self._family.wait(command.seconds)
 
-    async def _execute_run(self, command: ExecuteRun) -> None:
+    async def _execute_run(self, command: ExecuteRun) -> RunRecord | None:
         claimed = command.claimed
         family: Family = self._family
         family.loop = asyncio.get_running_loop()
         family.track(claimed.run_id, claimed.fence, self._renew)
         try:
-            await self._drive(run_machine(self, claimed))
+            ended: RunRecord | None = await self._drive(run_machine(self, claimed))
+            return ended
         finally:
             family.untrack(claimed.run_id)
 

@@ -27,7 +27,7 @@ from ._core import (
 )
 from ._errors import StepTimeoutError, StorageError
 from ._handles import RunHandle, Worker, Workflow
-from ._records import Pipeline, StepRecord
+from ._records import Pipeline, RunRecord, StepRecord
 from ._retry import RetryPolicy
 from ._runtime_base import RuntimeBase, check_poll
 from ._step import StepFunction
@@ -345,12 +345,13 @@ class DurableWorkflowRuntime(RuntimeBase):
     def _pause(self, command: Pause) -> None:
         self._family.wait(command.seconds)
 
-    def _execute_run(self, command: ExecuteRun) -> None:
+    def _execute_run(self, command: ExecuteRun) -> RunRecord | None:
         claimed = command.claimed
         family: Family = self._family
         family.track(claimed.run_id, claimed.fence, self._renew)
         try:
-            self._drive(run_machine(self, claimed))
+            ended: RunRecord | None = self._drive(run_machine(self, claimed))
+            return ended
         finally:
             family.untrack(claimed.run_id)
 

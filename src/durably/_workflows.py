@@ -75,7 +75,8 @@ class Pause:
 
 
 class ExecuteRun:
-    """Execute the claimed run here, in the caller (its lease renewed meanwhile)."""
+    """Execute the claimed run here, in the caller (its lease renewed meanwhile); answer: what
+    :func:`run_machine` returns (the run as it ended here, or ``None``)."""
 
     __slots__ = ("claimed",)
 
@@ -214,7 +215,10 @@ def _encode_input(host: RunHost, value: Any) -> str:
 
 def run_machine(host: RunHost, claimed: RunRecord) -> Op:
     """Execute a claimed run to its end: body, then a fenced outcome. Never raises for the
-    body's sake: a failure is recorded; a lost run (taken over, cancelled) writes nothing."""
+    body's sake: a failure is recorded; a lost run (taken over, cancelled) writes nothing.
+
+    Returns the run as stored when this machine ended it COMPLETED or FAILED (so that a
+    caller waiting for it need not read it back), else ``None``."""
     run_id, fence, runs = claimed.run_id, claimed.fence, host._runs
     spec = host._workflow_spec(claimed.workflow)
     try:
@@ -228,9 +232,8 @@ def run_machine(host: RunHost, claimed: RunRecord) -> Op:
             value = host._codec.decode(claimed.input)
         except Exception as error:  # an input this code cannot read: the run cannot start
             problem = StorageError(f"the input of run {run_id!r} cannot be decoded: {error}")
-            yield StoreCall(runs.finish, run_id, fence, RunStatus.FAILED, host._now(),
-                            error=ErrorInfo.from_exception(problem))
-            return
+            return (yield StoreCall(runs.finish, run_id, fence, RunStatus.FAILED, host._now(),
+                                    error=ErrorInfo.from_exception(problem)))
         binding = RunBinding(run_id, fence, claimed.workflow, claimed.deadline)
         scope = Scope(run_id, run=binding)
         if fence == 1 and claimed.forked_from is None:
@@ -249,9 +252,8 @@ def run_machine(host: RunHost, claimed: RunRecord) -> Op:
             return
         if outcome.error is not None:
             host._note_failure(run_id, outcome.error)
-            yield StoreCall(runs.finish, run_id, fence, RunStatus.FAILED, host._now(),
-                            error=ErrorInfo.from_exception(outcome.error))
-            return
+            return (yield StoreCall(runs.finish, run_id, fence, RunStatus.FAILED, host._now(),
+                                    error=ErrorInfo.from_exception(outcome.error)))
         try:
             result = encode_result(host._codec, outcome.value)[0]
         except SerializationError as error:
@@ -259,13 +261,12 @@ def run_machine(host: RunHost, claimed: RunRecord) -> Op:
                                 reason=f"the workflow {claimed.workflow} returned, but its"
                                        f" result cannot be stored: {error.reason}")
             host._note_failure(run_id, named)
-            yield StoreCall(runs.finish, run_id, fence, RunStatus.FAILED, host._now(),
-                            error=ErrorInfo.from_exception(named))
-            return
-        yield StoreCall(runs.finish, run_id, fence, RunStatus.COMPLETED, host._now(),
-                        result=result)
+            return (yield StoreCall(runs.finish, run_id, fence, RunStatus.FAILED, host._now(),
+                                    error=ErrorInfo.from_exception(named)))
+        return (yield StoreCall(runs.finish, run_id, fence, RunStatus.COMPLETED, host._now(),
+                                result=result))
     except OwnershipLost:
-        return  # cancelled or taken over while finishing: the other owner decides
+        return None  # cancelled or taken over while finishing: the other owner decides
 
 
 def _cancel_for_deadline(host: RunHost, run_id: str) -> Op:
@@ -324,7 +325,9 @@ def op_run(host: RunHost, name: str, value: Any, run_id: str | None,
     stored, claimed = yield from op_start(host, name, value, run_id,
                                           parent_run_id=parent_run_id, dispatch=False)
     if claimed is not None:
-        yield ExecuteRun(claimed)
+        ended = yield ExecuteRun(claimed)
+        if ended is not None:  # it ended here: its outcome is known without a read
+            return _outcome_of(host, ended)
     return (yield from op_result(host, stored.run_id, timeout, claim_when_due=True))
 
 
