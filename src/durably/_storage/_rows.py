@@ -21,8 +21,9 @@ from .._records import (
     new_record,
 )
 
-__all__ = ["EVENT_COLUMNS", "RUN_COLUMNS", "STEP_COLUMNS", "not_text", "record_to_row",
-           "row_to_event", "row_to_record", "row_to_run", "run_to_row"]
+__all__ = ["EVENT_COLUMNS", "HELD", "RUN_COLUMNS", "STEP_COLUMNS", "WAKING", "not_text",
+           "record_to_row", "row_to_event", "row_to_record", "row_to_run", "run_filter",
+           "run_to_row"]
 
 # The columns of a step row, in the order rows are read and written.
 STEP_COLUMNS = (
@@ -123,6 +124,37 @@ def row_to_record(row: tuple[Any, ...], where: str) -> StepRecord:
 # ---------------------------------------------------------------- runs and events
 
 _RUN_STATUSES = {status.value: status for status in RunStatus}
+
+# What makes a run due, as SQL both backends share: a run WAKING is due at its wake_at, one
+# HELD when its lease_until has passed. Each backend has a partial index on each condition,
+# and a query can read a partial index only when its WHERE repeats the index's condition, so
+# the due and expiry scans use these same texts.
+WAKING = "status IN ('pending', 'suspended')"
+HELD = "status = 'running'"
+
+
+def run_filter(runs: str, mark: str, *, status: RunStatus | None, workflow: str | None,
+               after: str | None, due: float | None) -> tuple[str, list[Any]]:
+    """Return the WHERE clause (``""`` for none) and its parameters that select the runs
+    ``RunStorage.list_runs`` asks for, from the table named ``runs``; ``mark`` is the
+    backend's parameter placeholder (``?`` or ``%s``)."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if status is not None:
+        clauses.append(f"status = {mark}")
+        params.append(status.value)
+    if workflow is not None:
+        clauses.append(f"workflow = {mark}")
+        params.append(workflow)
+    if after is not None:
+        # An unknown cursor selects nothing rather than everything.
+        clauses.append(f"seq > coalesce((SELECT seq FROM {runs} WHERE run_id = {mark}),"
+                       " 9223372036854775807)")
+        params.append(after)
+    if due is not None:
+        clauses.append(f"(({WAKING} AND wake_at <= {mark}) OR ({HELD} AND lease_until < {mark}))")
+        params.extend((due, due))
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
 def run_to_row(run: RunRecord) -> tuple[Any, ...]:

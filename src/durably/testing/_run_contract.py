@@ -234,6 +234,9 @@ class RunStorageContract(ContractSuite):
         assert [r.run_id for r in storage.list_runs(due=T0)] == ["r0", "r1", "r2", "r4"]
         assert [r.run_id for r in storage.list_runs(due=T0 + 11)] == [
             "r0", "r1", "r2", "r3", "r4"]
+        assert [r.run_id for r in storage.list_runs(
+            workflow="A.a", status=RunStatus.PENDING, due=T0, limit=None)] == ["r1"]
+        assert storage.list_runs(after="no-such-run") == []  # an unknown cursor: nothing
 
     def test_delete_run_takes_its_steps_and_events(self, storage: Any) -> None:
         """delete_run removes the run, its steps and its inbox, and nothing else."""

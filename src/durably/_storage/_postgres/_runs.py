@@ -25,12 +25,15 @@ from ..._records import (
 from .._memory import recovery_limit_error
 from .._rows import (
     EVENT_COLUMNS,
+    HELD,
     RUN_COLUMNS,
     STEP_COLUMNS,
+    WAKING,
     record_to_row,
     row_to_event,
     row_to_record,
     row_to_run,
+    run_filter,
     run_to_row,
 )
 
@@ -137,8 +140,8 @@ class RunTables:
             f"WITH due AS (SELECT run_id, seq, status = 'running' AS takeover,"
             f" status = 'running' AND recovery_count >= max_recoveries AS spent,"
             f" CASE WHEN status = 'running' THEN lease_until ELSE wake_at END AS due_at"
-            f" FROM {s}.runs WHERE ((status IN ('pending', 'suspended') AND wake_at <= %s)"
-            f" OR (status = 'running' AND lease_until < %s)){where}"
+            f" FROM {s}.runs WHERE (({WAKING} AND wake_at <= %s)"
+            f" OR ({HELD} AND lease_until < %s)){where}"
             f" ORDER BY due_at, seq LIMIT %s FOR UPDATE SKIP LOCKED),"
             f" claimed AS (UPDATE {s}.runs r SET status = 'running', owner = %s,"
             f" lease_until = %s, fence = r.fence + 1,"
@@ -351,23 +354,8 @@ class RunTables:
                   due: float | None = None) -> builtins.list[RunRecord]:
         """Return runs in creation order, filtered (see ``RunStorage.list_runs``)."""
         s = self.schema
-        clauses: builtins.list[str] = []
-        params: builtins.list[Any] = []
-        if status is not None:
-            clauses.append("status = %s")
-            params.append(status.value)
-        if workflow is not None:
-            clauses.append("workflow = %s")
-            params.append(workflow)
-        if after is not None:
-            clauses.append(f"seq > coalesce((SELECT seq FROM {s}.runs WHERE run_id = %s),"
-                           " 9223372036854775807)")
-            params.append(after)
-        if due is not None:
-            clauses.append("((status IN ('pending', 'suspended') AND wake_at <= %s)"
-                           " OR (status = 'running' AND lease_until < %s))")
-            params.extend((due, due))
-        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        where, params = run_filter(f"{s}.runs", "%s", status=status, workflow=workflow,
+                                   after=after, due=due)
         params.append(limit)
         rows = self._run_work("listing runs", lambda conn: conn.execute(
             f"SELECT {_RUNS} FROM {s}.runs{where} ORDER BY seq LIMIT %s", params).fetchall())

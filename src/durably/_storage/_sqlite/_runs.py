@@ -28,7 +28,14 @@ from ..._records import (
     StepStatus,
 )
 from .._memory import recovery_limit_error
-from .._rows import record_to_row, row_to_event, row_to_record, row_to_run, run_to_row
+from .._rows import (
+    record_to_row,
+    row_to_event,
+    row_to_record,
+    row_to_run,
+    run_filter,
+    run_to_row,
+)
 from ._connection import transaction
 from ._schema import EVENT_COLUMNS, HELD, RUN_COLUMNS, STEP_COLUMNS, WAKING, TableNames
 
@@ -413,22 +420,8 @@ class RunTables:
                   due: float | None = None) -> builtins.list[RunRecord]:
         """Return runs in creation order, filtered (see ``RunStorage.list_runs``)."""
         runs = self._names.runs
-        clauses: builtins.list[str] = []
-        params: builtins.list[Any] = []
-        if status is not None:
-            clauses.append("status = ?")
-            params.append(status.value)
-        if workflow is not None:
-            clauses.append("workflow = ?")
-            params.append(workflow)
-        if after is not None:
-            clauses.append(f"seq > coalesce((SELECT seq FROM {runs} WHERE run_id = ?),"
-                           " 9223372036854775807)")
-            params.append(after)
-        if due is not None:
-            clauses.append(f"(({WAKING} AND wake_at <= ?) OR ({HELD} AND lease_until < ?))")
-            params.extend((due, due))
-        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        where, params = run_filter(runs, "?", status=status, workflow=workflow, after=after,
+                                   due=due)
         params.append(-1 if limit is None else int(limit))
         with self._lock, self._guarded("listing runs"):
             rows = self._connection().execute(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from .._rows import EVENT_COLUMNS, RUN_COLUMNS, STEP_COLUMNS
+from .._rows import EVENT_COLUMNS, HELD, RUN_COLUMNS, STEP_COLUMNS, WAKING
 
 __all__ = [
     "EVENT_COLUMNS", "HELD", "MIGRATIONS", "OWN_SHAPES", "RUN_COLUMNS", "SCHEMA_VERSION",
@@ -30,11 +30,9 @@ STEP_SHAPE = frozenset(STEP_COLUMNS)
 OWN_SHAPES: tuple[frozenset[str], ...] = (STEP_SHAPE, frozenset(RUN_COLUMNS),
                                           frozenset(EVENT_COLUMNS))
 
-# The conditions of the two partial indexes on runs. A query can read a partial index only
-# when its WHERE contains the index's condition, so the due and expiry scans use these same
-# texts (and name the index: without ANALYZE figures SQLite would prefer by_status).
-WAKING = "status IN ('pending', 'suspended')"
-HELD = "status = 'running'"
+# The two partial indexes on runs are built on WAKING and HELD (shared with PostgreSQL, in
+# _rows); the due and expiry scans repeat those texts and name the index: without ANALYZE
+# figures SQLite would prefer by_status.
 
 _STEPS_V2 = """CREATE TABLE {steps} (
     seq INTEGER PRIMARY KEY,
