@@ -230,6 +230,23 @@ def test_full_durability_syncs_outcomes_and_not_markers(tmp_path: Path) -> None:
         assert level == (full if status in ("completed", "failed") else normal), status
 
 
+@pytest.mark.parametrize("durability", ["normal", "full"])
+def test_full_durability_keeps_a_short_log(tmp_path: Path, durability: str) -> None:
+    """With "full" the log is checkpointed every 1000 pages, so the fsync of each outcome
+    rewrites a short log in place instead of growing it; "normal" lets it grow to 16 MiB."""
+    store = SqliteStepStorage(tmp_path / "steps.db", durability=durability)
+    result = json.dumps("x" * 8000)  # ~10 pages of log per outcome
+    for n in range(300):
+        store.set(_completed(f"s{n}", result))
+    log_pages = os.path.getsize(tmp_path / "steps.db-wal") // 1024
+    assert store.get("s299") == _completed("s299", result)
+    store.close()
+    if durability == "full":
+        assert log_pages < 1100, log_pages  # 1000 pages, plus the commit that crossed them
+    else:
+        assert log_pages > 2500, log_pages
+
+
 def test_connect_is_an_extension_point(tmp_path: Path) -> None:
     """A subclass can customise the connection: here a pragma, seen by the storage's reads."""
     opened: list[sqlite3.Connection] = []
