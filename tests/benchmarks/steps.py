@@ -43,34 +43,45 @@ from durably.testing import FakeClock
 class _FloorSteps:
     """The floor of a correct two-commit step: a step's two statements written by hand (the
     RUNNING marker's INSERT, then the COMPLETED UPDATE of the same row), each its own commit,
-    on durably's own schema and connection settings, with no runtime at all."""
+    on durably's own schema and connection settings, with no runtime at all. With "full",
+    as durably does it: the marker on a connection at NORMAL, the outcome on one at FULL."""
 
-    def __init__(self, path: str, durability: str) -> None:
+    def __init__(self, path: str, durability: str, workflow: str = "bench") -> None:
         import hashlib
 
+        from durably._storage._sqlite._connection import tune
+
         self._hashlib = hashlib
+        self.workflow = workflow
         SqliteStepStorage(path, durability=durability).close()  # schema and pragmas
-        self.conn = sqlite3.connect(path, isolation_level=None)
-        self.conn.execute(f"PRAGMA synchronous = {durability.upper()}")
+        self.conn = self.outcome_conn = sqlite3.connect(path, isolation_level=None)
+        tune(self.conn, full=False)
+        if durability == "full":
+            self.outcome_conn = sqlite3.connect(path, isolation_level=None)
+            tune(self.outcome_conn, full=True)
+        for conn in (self.conn, self.outcome_conn):
+            conn.execute("PRAGMA busy_timeout = 30000")  # durably's default
         self.n = 0
 
     def run(self, steps: int) -> float:
-        conn, n0 = self.conn, self.n
+        conn, outcome_conn, n0 = self.conn, self.outcome_conn, self.n
         self.n += steps
         started = time.perf_counter()
         for n in range(n0, n0 + steps):
-            step_id = "s1_" + self._hashlib.sha256(str(n).encode()).hexdigest()[:32]
+            step_id = "s1_" + self._hashlib.sha256(f"{self.workflow}{n}".encode()).hexdigest()[:32]
             conn.execute(
                 "INSERT INTO durably_steps (step_id, workflow_id, action, status, attempts,"
                 " created_at, started_at, updated_at, budget_started_at) VALUES"
-                " (?, 'bench', 'Bench.step', 'running', 1, 1.0, 1.0, 1.0, 1.0)", (step_id,))
-            conn.execute(
+                " (?, ?, 'Bench.step', 'running', 1, 1.0, 1.0, 1.0, 1.0)",
+                (step_id, self.workflow))
+            outcome_conn.execute(
                 "UPDATE durably_steps SET status = 'completed', result = ?, updated_at = 2.0,"
                 " completed_at = 2.0 WHERE step_id = ?", (ROW, step_id))
         return time.perf_counter() - started
 
     def close(self) -> None:
         self.conn.close()
+        self.outcome_conn.close()
 
 
 def scenario_sqlite(directory: Path, steps: int, reps: int) -> list[Row]:
@@ -353,8 +364,8 @@ WRITER = """
 import sys, time
 sys.path.insert(0, {src!r})
 sys.path.insert(0, {here!r})
-from common import DurableSteps
-runner = DurableSteps(sys.argv[1], "normal", sys.argv[3])
+from {module} import {runner} as Runner
+runner = Runner(sys.argv[1], "normal", sys.argv[3])
 runner.run(10)  # warm: imports, the connection, the first statements
 print("ready", flush=True)
 start_at = float(sys.stdin.readline())
@@ -384,20 +395,33 @@ def _aggregate(path: Path, processes: int, steps: int, script: str) -> float:
 
 
 def scenario_processes(directory: Path, steps: int, reps: int) -> list[Row]:
-    script = WRITER.format(src=str(ROOT / "src"), here=str(Path(__file__).parent))
-    one, two, eight = [], [], []
+    """Durable steps from 1, 2 and 8 processes on one file, and the floor: the same from the
+    hand-written two commits of scenario 1's floor, with no runtime (what SQLite's one writer
+    at a time, and every process re-reading what the others changed, leave)."""
+    here = str(Path(__file__).parent)
+    script = WRITER.format(src=str(ROOT / "src"), here=here, module="common",
+                           runner="DurableSteps")
+    floor_script = WRITER.format(src=str(ROOT / "src"), here=here, module="steps",
+                                 runner="_FloorSteps")
+    one, two, eight, floor_one, floor_eight = [], [], [], [], []
     for rep in range(reps):
         path = directory / f"procs-{rep}.db"
         SqliteStepStorage(path).close()
         one.append(_aggregate(path, 1, steps, script))
         two.append(_aggregate(path, 2, steps, script))
         eight.append(_aggregate(path, 8, steps // 4, script))
+        floor_path = directory / f"procs-floor-{rep}.db"
+        floor_one.append(_aggregate(floor_path, 1, steps, floor_script))
+        floor_eight.append(_aggregate(floor_path, 8, steps // 4, floor_script))
     return [
         Row("6. two processes, one file", "steps/s", two, one, "one process",
             "(reported)", None, paired(two, one), "aggregate, from a common start"),
         Row("6. eight processes, one file", "steps/s", eight, one, "one process",
             ">= 1.0x one process", paired(eight, one) >= 1.0, paired(eight, one),
             "aggregate, from a common start"),
+        Row("6. floor: eight processes of hand-written two commits", "steps/s", floor_eight,
+            floor_one, "one such process", "(the floor of the row above)", None,
+            paired(floor_eight, floor_one), "scenario 1's floor statements, no runtime"),
     ]
 
 
