@@ -358,6 +358,16 @@ class RunStorageContract(ContractSuite):
         _raises(OwnershipLost, lambda: storage.consume_event(
             "r", claimed.fence, "approved", None, _step("r", "wait")))
         assert storage.list_events("r")[0].consumed_by is None
+        # A takeover: the run is RUNNING again, under a newer fence.
+        storage.create_run(_run("t"))
+        storage.add_event("t", "approved", None, "1", T0)
+        (first,) = storage.claim("w1", T0, 10.0, run_id="t")
+        (second,) = storage.claim("w2", T0 + 11, 10.0, run_id="t")
+        assert second.fence > first.fence
+        _raises(OwnershipLost, lambda: storage.consume_event(
+            "t", first.fence, "approved", None, _step("t", "wait")))
+        assert storage.list_events("t")[0].consumed_by is None
+        assert storage.get("t/wait") is None
 
     def test_sending_to_unknown_or_closed_runs_is_refused(self, storage: Any) -> None:
         """add_event raises RunNotFoundError for no run and RunClosedError for a finished one;

@@ -9,7 +9,6 @@ between the check and the write, and the common case costs no extra round trip.
 from __future__ import annotations
 
 import builtins
-import dataclasses
 import json
 import sqlite3
 import threading
@@ -26,6 +25,7 @@ from ..._records import (
     RunStatus,
     StepRecord,
     StepStatus,
+    new_record,
 )
 from .._memory import recovery_limit_error
 from .._rows import (
@@ -107,6 +107,10 @@ class RunTables:
             f"INSERT INTO {steps} ({_STEP_COLUMNS}) VALUES ({_STEP_PLACEHOLDERS})"
             f" ON CONFLICT (step_id) DO UPDATE SET {updates}")
         self._sql_fence_of = f"SELECT status, fence FROM {runs} WHERE run_id = ?"
+        self._sql_event_take = (
+            f"UPDATE {self._names.events} SET consumed_by = ?, consumed_at = ? WHERE seq = ?"
+            f" AND {owned} AND NOT EXISTS (SELECT 1 FROM {steps} WHERE step_id = ?"
+            " AND status = 'completed')")
         self._sql_finish = (
             f"UPDATE {runs} SET status = ?, result = ?, error = ?, owner = NULL,"
             " lease_until = NULL, wake_at = NULL, waiting_for = NULL, updated_at = ?,"
@@ -500,24 +504,32 @@ class RunTables:
     def consume_event(self, run_id: str, fence: int, name: str, deadline: float | None,
                       record: StepRecord) -> tuple[EventRecord | None, StepRecord]:
         """Fenced: consume the oldest matching event and complete ``record`` with it."""
-        names = self._names
-
         def work(conn: sqlite3.Connection) -> tuple[EventRecord | None, StepRecord]:
-            self._check_owned(conn, run_id, fence)
-            row = conn.execute(self._sql_step_get, (record.step_id,)).fetchone()
-            stored = None if row is None else row_to_record(row, self.path)
-            if stored is not None and stored.status is StepStatus.COMPLETED:
-                return None, stored
             event = self._first_unconsumed(conn, run_id, name, deadline)
-            if event is None:
-                return None, stored if stored is not None else record
-            at = record.updated_at
-            conn.execute(f"UPDATE {names.events} SET consumed_by = ?, consumed_at = ?"
-                         " WHERE seq = ?", (record.step_id, at, event.seq))
-            done = dataclasses.replace(record, status=StepStatus.COMPLETED,
-                                       result=event.payload, error=None, completed_at=at)
-            conn.execute(self._sql_step_upsert, record_to_row(done, self.path))
-            return dataclasses.replace(event, consumed_by=record.step_id, consumed_at=at), done
+            at, step_id = record.updated_at, record.step_id
+            # The common case in two statements: the UPDATE itself takes the event only
+            # while the run is ours and the step is not COMPLETED.
+            if event is not None and conn.execute(
+                    self._sql_event_take, (step_id, at, event.seq, run_id, fence, step_id)
+            ).rowcount:
+                done = new_record(
+                    step_id=step_id, workflow_id=record.workflow_id, action=record.action,
+                    status=StepStatus.COMPLETED, result=event.payload, error=None,
+                    attempts=record.attempts, created_at=record.created_at,
+                    started_at=record.started_at, updated_at=at, completed_at=at,
+                    next_attempt_at=record.next_attempt_at,
+                    budget_started_at=record.budget_started_at)
+                conn.execute(self._sql_step_upsert, record_to_row(done, self.path))
+                taken = EventRecord(seq=event.seq, run_id=event.run_id, name=event.name,
+                                    key=event.key, payload=event.payload,
+                                    sent_at=event.sent_at, consumed_by=step_id,
+                                    consumed_at=at)
+                return taken, done
+            # Nothing taken: the fence is stale (raised here), the step is already COMPLETED
+            # (returned as it is), or there is no such event yet.
+            self._check_owned(conn, run_id, fence)
+            row = conn.execute(self._sql_step_get, (step_id,)).fetchone()
+            return None, record if row is None else row_to_record(row, self.path)
 
         return self._atomic("consuming event", work, outcome=True, subject=record.step_id)
 
