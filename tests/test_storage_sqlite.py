@@ -15,7 +15,15 @@ import pytest
 
 from conftest import completed_record as _completed
 from conftest import make_record as _record
-from durably import ConfigurationError, SqliteStepStorage, StepStatus, StorageError
+from durably import (
+    ConfigurationError,
+    OwnershipLost,
+    RunRecord,
+    RunStatus,
+    SqliteStepStorage,
+    StepStatus,
+    StorageError,
+)
 from durably._storage._sqlite import SCHEMA_VERSION
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -446,4 +454,76 @@ def test_due_scans_read_only_the_partial_indexes(tmp_path: Path) -> None:
         assert "durably_runs_by_status" not in plan and "durably_runs_by_workflow" not in plan
         assert "SCAN durably_runs" not in plan
         assert "durably_runs_due" in plan or "durably_runs_expiry" in plan, plan
+    store.close()
+
+
+def _traced(tmp_path: Path, statements: list[tuple[str, int]],
+            durability: str = "normal") -> SqliteStepStorage:
+    """A store whose connections log (statement, synchronous level) for writes."""
+
+    class Traced(SqliteStepStorage):
+        def connect(self) -> sqlite3.Connection:
+            conn = super().connect()
+
+            def trace(statement: str) -> None:
+                if statement.startswith(("BEGIN", "COMMIT", "INSERT", "UPDATE")):
+                    level = conn.execute("PRAGMA synchronous").fetchone()[0]
+                    statements.append((statement.split()[0], level))
+
+            conn.set_trace_callback(trace)
+            return conn
+
+    return Traced(tmp_path / "steps.db", durability=durability)
+
+
+def test_write_steps_makes_a_batch_in_one_transaction(tmp_path: Path) -> None:
+    """write_steps writes every record as set() would, in one BEGIN ... COMMIT: a COMPLETED
+    record stays final and is handed back in its place."""
+    statements: list[tuple[str, int]] = []
+    store = _traced(tmp_path, statements)
+    store.set(_completed("done", '"first"'))
+    statements.clear()
+    results = store.write_steps([(_record("a"), None, 0), (_completed("b", '"2"'), None, 0),
+                                 (_completed("done", '"second"'), None, 0)])
+    assert results == [_record("a"), _completed("b", '"2"'), _completed("done", '"first"')]
+    kinds = [kind for kind, _ in statements]
+    assert kinds[0] == "BEGIN" and kinds[-1] == "COMMIT"
+    assert kinds.count("BEGIN") == 1 and kinds.count("COMMIT") == 1
+    assert store.get("a") == _record("a") and store.get("done") == _completed("done", '"first"')
+    store.close()
+
+
+def test_write_steps_answers_each_write_and_commits_the_rest(tmp_path: Path) -> None:
+    """A stale fence and text SQLite cannot store are that write's own errors: it writes
+    nothing, and the other writes of the batch commit."""
+    store = SqliteStepStorage(tmp_path / "steps.db")
+    store.create_run(RunRecord(run_id="r", workflow="A.b", status=RunStatus.PENDING,
+                               input="1", input_hash="h", wake_at=0.0))
+    (claimed,) = store.claim("w", 1.0, 60.0)
+    mine = _record("r/1", workflow_id="r")
+    stale = _record("r/2", workflow_id="r")
+    bad = _record("bad\udc80")
+    results = store.write_steps([(mine, "r", claimed.fence), (stale, "r", claimed.fence + 1),
+                                 (bad, None, 0), (_record("plain"), None, 0)])
+    assert results[0] == mine and results[3] == _record("plain")
+    assert isinstance(results[1], OwnershipLost)
+    assert isinstance(results[2], StorageError) and "step_id" in str(results[2])
+    assert store.get("r/1") == mine and store.get("plain") == _record("plain")
+    assert store.get("r/2") is None
+    store.close()
+
+
+def test_write_steps_with_full_durability_syncs_the_batch_once(tmp_path: Path) -> None:
+    """With "full", a batch holding an outcome is written on the FULL connection: one
+    commit, one fsync for every write in it; a batch of markers stays at NORMAL."""
+    statements: list[tuple[str, int]] = []
+    store = _traced(tmp_path, statements, durability="full")
+    store.write_steps([(_record("a"), None, 0), (_record("b"), None, 0)])
+    markers = list(statements)
+    statements.clear()
+    store.write_steps([(_completed("a", "1"), None, 0), (_record("c"), None, 0)])
+    normal, full = 1, 2
+    assert {level for _, level in markers} == {normal}
+    assert {level for _, level in statements} == {full}
+    assert [kind for kind, _ in statements].count("COMMIT") == 1
     store.close()

@@ -6,7 +6,9 @@ sync runtime (``_core.py``) and answers its commands with awaits.
 * Storage calls run on a small thread pool when the storage says its calls block
   (``blocking``, see ``StepStorage``): a SQLite commit can wait up to ``busy_timeout`` for
   another process's lock, or for an fsync, and that must never stall the loop. A storage whose
-  calls do not block (``InMemoryStepStorage``) is called on the loop.
+  calls do not block (``InMemoryStepStorage``) is called on the loop. SQLite calls that cannot
+  wait run on the loop too (the storage's ``try_now``), and the writes of concurrent steps
+  share one commit (``_tasks.GroupCommit``, through the storage's ``write_steps``).
 * ``timeout`` cancels the attempt's task. Cancelling the caller's task propagates
   ``CancelledError``: it is not retried and leaves the step RUNNING, resumable by the next call.
 * Step ids are assigned when ``do()`` is *called*, not when it is awaited, so
@@ -44,8 +46,8 @@ from ._registry import is_async_callable
 from ._retry import RetryPolicy
 from ._runtime_base import RuntimeBase, check_poll
 from ._step import AsyncStepFunction
-from ._storage import is_blocking, server_time
-from ._tasks import Family
+from ._storage import StepWrite, batch_writer, is_blocking, server_time
+from ._tasks import Family, GroupCommit
 from ._waits import EVENT_POLL, Consume
 from ._workflows import (
     BodyOutcome,
@@ -135,7 +137,13 @@ class AsyncDurableWorkflowRuntime(RuntimeBase):
         return AsyncSystemClock(server_time(self._storage))
 
     def _new_family(self) -> Family:
-        return Family(self.max_runs, self.lease / 3)
+        family = Family(self.max_runs, self.lease / 3)
+        storage = self._storage
+        many = batch_writer(storage)
+        try_now = getattr(storage, "try_now", None)
+        if many is not None and try_now is not None and is_blocking(storage):
+            family.group = GroupCommit(self._write_one, many, try_now, self._off_loop)
+        return family
 
     def _finished(self, value: Any) -> Awaitable[Any]:
         return _ready(value)
@@ -208,8 +216,7 @@ class AsyncDurableWorkflowRuntime(RuntimeBase):
         :meth:`DurableWorkflowRuntime.do`; ``SerializationError`` for unhashable data and
         ``ConfigurationError`` for bad arguments are raised by the call itself.
         """
-        return self._durable(  # type: ignore[no-any-return]
-            self._plan_do(action, data, (), retry, step_id))
+        return self._durable(self._plan_do(action, data, (), retry, step_id))
 
     @overload
     def step(self, name: Callable[P, Awaitable[R]], *,
@@ -382,6 +389,22 @@ class AsyncDurableWorkflowRuntime(RuntimeBase):
             done, value = attempt(operation, *args)
             if done:
                 return value
+        return await self._off_loop(operation, *args)
+
+    def _durable(self, plan: StepPlan) -> Coroutine[Any, Any, Any]:
+        group: GroupCommit | None = self._family.group
+        if group is None:
+            return super()._durable(plan)  # type: ignore[no-any-return]
+        return self._counted(group, plan)
+
+    async def _counted(self, group: GroupCommit, plan: StepPlan) -> Any:
+        group.steps += 1  # what tells the group commit that other writes may come
+        try:
+            return await super()._durable(plan)
+        finally:
+            group.steps -= 1
+
+    async def _off_loop(self, operation: Callable[..., Any], *args: Any) -> Any:
         family: Family = self._family
         if family.storage_pool is None:
             family.storage_pool = ThreadPoolExecutor(4, thread_name_prefix="durably-storage")
@@ -464,12 +487,22 @@ class AsyncDurableWorkflowRuntime(RuntimeBase):
 
     async def _write(self, command: Write) -> StepRecord:
         run = command.run
+        group: GroupCommit | None = self._family.group
+        if group is not None and group.has_company():  # one commit with other tasks' writes
+            return await group.write((command.record, None, 0) if run is None
+                                     else (command.record, run.run_id, run.fence))
         if run is None:
             written: StepRecord = await self._store(self._storage.set, command.record)
         else:
             written = await self._store(self._runs.record_step, run.run_id, run.fence,
                                         command.record)
         return written
+
+    def _write_one(self, write: StepWrite) -> StepRecord:
+        record, run_id, fence = write
+        if run_id is None:
+            return self._storage.set(record)
+        return self._runs.record_step(run_id, fence, record)
 
     async def _sleep(self, command: Sleep) -> None:
         if command.for_event and isinstance(self._clock, AsyncSystemClock):

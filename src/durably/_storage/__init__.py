@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._base import StepStorage, history_reader, is_blocking, server_time
+from ._base import (
+    StepStorage,
+    StepWrite,
+    batch_writer,
+    history_reader,
+    is_blocking,
+    server_time,
+)
 from ._runs import RunStorage
 
 if TYPE_CHECKING:
@@ -16,8 +23,8 @@ if TYPE_CHECKING:
     from ._sqlite import SqliteStepStorage
 
 __all__ = [
-    "InMemoryStepStorage", "RunStorage", "SqliteStepStorage", "StepStorage", "default_storage",
-    "history_reader", "is_blocking", "server_time",
+    "InMemoryStepStorage", "RunStorage", "SqliteStepStorage", "StepStorage", "StepWrite",
+    "batch_writer", "default_storage", "history_reader", "is_blocking", "server_time",
 ]
 
 

@@ -11,7 +11,12 @@ from typing import Any, Protocol, runtime_checkable
 
 from .._records import StepRecord, StepStatus
 
-__all__ = ["StepStorage", "history_reader", "is_blocking", "server_time"]
+__all__ = ["StepStorage", "StepWrite", "batch_writer", "history_reader", "is_blocking",
+           "server_time"]
+
+StepWrite = tuple[StepRecord, "str | None", int]
+"""One write of a batch (``write_steps``): the record, and the run id and fence it is
+written under (``None`` and 0 for a step outside runs, written as ``set`` writes it)."""
 
 
 @runtime_checkable
@@ -34,6 +39,14 @@ class StepStorage(Protocol):
     (``None``: from the start), with the cursor of the next page (``None`` after the last).
     Replay then reads as far as it needs, in call order, instead of the whole history at the
     first call (without it, the runtime reads ``list(workflow_id)`` once).
+
+    A blocking adapter may also write several records in one transaction:
+    ``write_steps(writes)`` takes a list of :data:`StepWrite` and returns, for each, what is
+    stored or the exception that write alone raised, committing the rest together (or
+    raises ``StorageError`` and writes none). The asyncio runtime then commits the writes
+    its concurrent steps make in one turn of the event loop together, one commit for all
+    (``SqliteStepStorage`` has it). A subclass that overrides ``set`` or ``record_step``
+    is written one record at a time, unless it overrides ``write_steps`` too.
 
     An adapter whose processes run on many machines may also offer ``server_time()``: the
     time on the store's own clock, which a runtime built without a ``clock`` then reads, so
@@ -75,6 +88,27 @@ class StepStorage(Protocol):
     def close(self) -> None:
         """Release resources. Idempotent; other methods may fail after it."""
         ...
+
+
+def batch_writer(storage: object) -> Callable[[list[StepWrite]], list[Any]] | None:
+    """The storage's optional ``write_steps`` (see :class:`StepStorage`), or None.
+
+    None also when a subclass changed how one write is made (it overrides ``set`` or
+    ``record_step`` below the class that defines ``write_steps``, to encrypt results or
+    count writes, say) without changing how a batch is: a batch must never bypass it.
+    """
+    writer: Callable[[list[StepWrite]], list[Any]] | None = getattr(
+        storage, "write_steps", None)
+    if not callable(writer):
+        return None
+    mro = type(storage).__mro__
+    owner = next((cls for cls in mro if "write_steps" in cls.__dict__), None)
+    for name in ("set", "record_step"):
+        defining = next((cls for cls in mro if name in cls.__dict__), None)
+        if owner is not None and defining is not None and defining is not owner \
+                and issubclass(defining, owner):
+            return None
+    return writer
 
 
 def is_blocking(storage: object) -> bool:

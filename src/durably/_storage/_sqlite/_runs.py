@@ -281,20 +281,25 @@ class RunTables:
     def record_step(self, run_id: str, fence: int, record: StepRecord) -> StepRecord:
         """Check the run's fence and write the step, in one statement."""
         row = record_to_row(record, self.path)
-        probably_new = record.attempts <= 1 and record.status is StepStatus.RUNNING
         with self._lock, self._guarded("writing", record.step_id):
             conn = self._writable()
             if record.status in _OUTCOMES and self._outcome_conn is not None:
                 conn = self._outcome_conn
-            if not probably_new and conn.execute(
-                    self._sql_fenced_update, (*row[2:], row[0], row[1], run_id, fence)
-            ).rowcount:
-                return record
-            if conn.execute(self._sql_fenced_upsert, (*row, run_id, fence)).rowcount:
-                return record
-            # Nothing was written: either the fence is stale or the step is COMPLETED.
-            self._check_owned(conn, run_id, fence)
-            stored = conn.execute(self._sql_step_get, (record.step_id,)).fetchone()
+            return self._put_fenced(conn, run_id, fence, record, row)
+
+    def _put_fenced(self, conn: sqlite3.Connection, run_id: str, fence: int,
+                    record: StepRecord, row: tuple[Any, ...]) -> StepRecord:
+        """``record_step``'s statements, on ``conn`` (under the lock)."""
+        probably_new = record.attempts <= 1 and record.status is StepStatus.RUNNING
+        if not probably_new and conn.execute(
+                self._sql_fenced_update, (*row[2:], row[0], row[1], run_id, fence)
+        ).rowcount:
+            return record
+        if conn.execute(self._sql_fenced_upsert, (*row, run_id, fence)).rowcount:
+            return record
+        # Nothing was written: either the fence is stale or the step is COMPLETED.
+        self._check_owned(conn, run_id, fence)
+        stored = conn.execute(self._sql_step_get, (record.step_id,)).fetchone()
         return row_to_record(stored, self.path)
 
     def finish(self, run_id: str, fence: int, status: RunStatus, now: float, *,

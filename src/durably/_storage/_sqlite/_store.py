@@ -17,11 +17,12 @@ import builtins
 import os
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
-from ..._errors import ConfigurationError, StorageError
+from ..._errors import ConfigurationError, OwnershipLost, StorageError
 from ..._records import StepRecord, StepStatus
+from .._base import StepWrite
 from .._rows import not_text, record_to_row, row_to_record
 from ._connection import (
     busy,
@@ -32,6 +33,7 @@ from ._connection import (
     is_memory,
     migrate,
     read_version,
+    transaction,
     tune,
 )
 from ._runs import RunTables
@@ -328,24 +330,73 @@ class SqliteStepStorage(RunTables):
             StorageError: the database failed (names the step id).
         """
         row = record_to_row(record, self.path)
-        # A first attempt's marker is almost always a new row: insert it at once. Anything
-        # else is almost always an existing row: update it in place first.
-        probably_new = record.attempts <= 1 and record.status is StepStatus.RUNNING
         with self._lock:
             conn = self._writable()
             if record.status in _OUTCOMES and self._outcome_conn is not None:
                 conn = self._outcome_conn
             try:
-                if not probably_new and conn.execute(
-                    self._sql_update, (*row[2:], row[0], row[1])
-                ).rowcount:
-                    return record
-                if conn.execute(self._sql_upsert, row).rowcount:
-                    return record
-                stored = conn.execute(self._sql_get, (record.step_id,)).fetchone()
+                return self._put(conn, record, row)
             except sqlite3.Error as error:
                 raise self._failure(error, "writing", record.step_id) from error
-        return row_to_record(stored, self.path)
+
+    def _put(self, conn: sqlite3.Connection, record: StepRecord,
+             row: tuple[Any, ...]) -> StepRecord:
+        """``set``'s statements, on ``conn`` (under the lock)."""
+        # A first attempt's marker is almost always a new row: insert it at once. Anything
+        # else is almost always an existing row: update it in place first.
+        probably_new = record.attempts <= 1 and record.status is StepStatus.RUNNING
+        if not probably_new and conn.execute(
+            self._sql_update, (*row[2:], row[0], row[1])
+        ).rowcount:
+            return record
+        if conn.execute(self._sql_upsert, row).rowcount:
+            return record
+        return row_to_record(conn.execute(self._sql_get, (record.step_id,)).fetchone(),
+                             self.path)
+
+    def write_steps(self, writes: Sequence[StepWrite]
+                    ) -> builtins.list[StepRecord | BaseException]:
+        """Make several step writes in one transaction, so that they share one commit (the
+        asyncio runtime's group commit). Each ``(record, run_id, fence)`` is written as
+        ``set(record)`` would write it (``run_id`` None) or as ``record_step(run_id, fence,
+        record)`` would, in order.
+
+        Returns, for each write, what is stored, or the error that write alone met
+        (``OwnershipLost`` for a stale fence, ``StorageError`` for text SQLite cannot store),
+        which writes nothing of it and leaves the others to commit.
+
+        Raises:
+            StorageError: the database failed; nothing of the batch is written.
+        """
+        rows: builtins.list[tuple[Any, ...] | Exception] = []
+        for record, _, _ in writes:
+            try:
+                rows.append(record_to_row(record, self.path))
+            except StorageError as error:
+                rows.append(error)
+        results: builtins.list[StepRecord | BaseException] = []
+        with self._lock:
+            conn = self._writable()
+            if self._outcome_conn is not None and any(
+                    record.status in _OUTCOMES for record, _, _ in writes):
+                conn = self._outcome_conn  # "full": the one commit syncs them all
+            try:
+                with transaction(conn):
+                    for (record, run_id, fence), row in zip(writes, rows, strict=True):
+                        if isinstance(row, Exception):
+                            results.append(row)
+                        elif run_id is None:
+                            results.append(self._put(conn, record, row))
+                        else:
+                            try:
+                                results.append(
+                                    self._put_fenced(conn, run_id, fence, record, row))
+                            except OwnershipLost as lost:
+                                results.append(lost)
+            except sqlite3.Error as error:
+                raise self._failure(error, "writing", writes[0][0].step_id
+                                    if len(writes) == 1 else None) from error
+        return results
 
     def delete(self, step_id: str) -> bool:
         """Remove the record; return whether there was one."""
