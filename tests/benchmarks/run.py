@@ -85,6 +85,8 @@ def main() -> None:
                                                     1 if quick else 3)),
             ("11", lambda: postgres.scenario_dbos(20 if quick else 200, 1 if quick else 3)),
             ("12", lambda: scale.scenario_async(directory, 200 if quick else 2000, reps)),
+            ("12", lambda: scale.scenario_gather(directory, 200 if quick else 2000,
+                                                 1 if quick else 3)),
             ("13", lambda: scale.scenario_long_workflow(directory, 5000 if quick else 100_000,
                                                         3 if quick else 7)),
         ]

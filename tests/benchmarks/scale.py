@@ -3,6 +3,8 @@ steps. Run through run.py.
 
 * 12. ``await runtime.do(...)`` on AsyncDurableWorkflowRuntime ÷ ``runtime.do(...)`` on the
   sync runtime, both on SQLite ``normal``, in alternating turns (target <= 1.5x, DESIGN §13);
+  and steps awaited ten at a time (``asyncio.gather``, handlers that await) ÷ the same steps
+  awaited one after another, in ``normal`` and ``full``: what sharing commits saves (reported);
 * 13. the first call of a new runtime over a 100,000-step workflow ÷ the first call over a
   10-step one (target <= 3x: history is read as replay needs it), and the memory the runtime
   holds after replaying all of it (target: ~100 bytes per completed call).
@@ -51,6 +53,54 @@ async def _alternate(path: Path, sync_runtime: DurableWorkflowRuntime,
         spent_sync += time.perf_counter() - started
     await runtime.aclose()
     return spent_async, spent_sync
+
+
+WIDTH = 10  # steps awaited together
+
+
+async def _together_and_apart(path: Path, durability: str, turns: int) -> tuple[float, float]:
+    """Seconds for steps awaited WIDTH at a time, and for as many one after another."""
+
+    async def fetch(n: int) -> dict[str, object]:
+        await asyncio.sleep(0)  # a handler doing I/O: other tasks run meanwhile
+        return RESULT
+
+    runtime = AsyncDurableWorkflowRuntime(
+        storage=SqliteStepStorage(path, durability=durability), workflow_id="fan",
+        clock=FakeClock(start=1000.0))
+    runtime.register("Bench.fetch", fetch)
+    together = apart = 0.0
+    n = 0
+    for _ in range(turns):
+        started = time.perf_counter()
+        for _ in range(CHUNK // WIDTH):
+            await asyncio.gather(*[runtime.do("Bench.fetch", n + k) for k in range(WIDTH)])
+            n += WIDTH
+        together += time.perf_counter() - started
+        started = time.perf_counter()
+        for k in range(n, n + CHUNK):
+            await runtime.do("Bench.fetch", k)
+        n += CHUNK
+        apart += time.perf_counter() - started
+    await runtime.aclose()
+    return together, apart
+
+
+def scenario_gather(directory: Path, count: int, reps: int) -> list[Row]:
+    rows = []
+    for durability, steps in (("normal", count), ("full", max(CHUNK, count // 5))):
+        turns = max(1, steps // CHUNK)
+        together, apart = [], []
+        for rep in range(reps):
+            a, b = asyncio.run(_together_and_apart(
+                directory / f"gather-{durability}-{rep}.db", durability, turns))
+            together.append(per_step(a, turns * CHUNK))
+            apart.append(per_step(b, turns * CHUNK))
+        rows.append(Row(f"12. asyncio, {WIDTH} steps at once, {durability}", "µs/step",
+                        together, apart, "the same steps one after another", "(reported)",
+                        None, paired(together, apart),
+                        "asyncio.gather of handlers that await: their writes share commits"))
+    return rows
 
 
 def scenario_async(directory: Path, count: int, reps: int) -> list[Row]:
