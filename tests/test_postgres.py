@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import psycopg
 import pytest
@@ -255,3 +255,46 @@ def test_a_sqlite_store_moves_to_postgres_through_export_and_import(
     assert sqlite_after.get_run("order-3").status is RunStatus.SUSPENDED  # the source as it was
     sqlite_after.close()
     drop_schema("t_missing_schema")
+
+
+def test_concurrent_async_steps_share_commits_on_postgres(pg_dsn: str, pg_schema: str) -> None:
+    """On PostgreSQL too, the asyncio runtime commits the writes of steps awaited together
+    in one transaction (write_steps, off the loop), fenced writes of runs included, and each
+    step and run gets its own result."""
+    import asyncio
+
+    from durably import AsyncDurableWorkflowRuntime
+    from durably.postgres import PostgresStorage
+
+    class Counted(PostgresStorage):
+        batches: ClassVar[list[int]] = []
+
+        def write_steps(self, writes: Any) -> Any:
+            self.batches.append(len(writes))
+            return super().write_steps(writes)
+
+    async def main() -> tuple[list[Any], list[Any]]:
+        storage = Counted(pg_dsn, schema=pg_schema)
+        runtime = AsyncDurableWorkflowRuntime(storage=storage, workflow_id="fan")
+
+        async def fetch(n: int) -> int:
+            await asyncio.sleep(0)
+            return n + 100
+
+        runtime.register("Fan.fetch", fetch)
+
+        @runtime.workflow("Fan.order")
+        async def order(n: int) -> list[int]:
+            return [await runtime.do("Fan.fetch", n), await runtime.do("Fan.fetch", -n)]
+
+        loose = await asyncio.gather(*[runtime.do("Fan.fetch", n) for n in range(8)])
+        runs = await asyncio.gather(*[order.run(n, run_id=f"o{n}") for n in range(1, 5)])
+        records = storage.list(workflow_id="fan")
+        await runtime.aclose()
+        return [loose, runs], records
+
+    (loose, runs), records = asyncio.run(main())
+    assert loose == [n + 100 for n in range(8)]
+    assert runs == [[n + 100, 100 - n] for n in range(1, 5)]
+    assert [r.status for r in records] == [StepStatus.COMPLETED] * 8
+    assert Counted.batches and max(Counted.batches) > 1, Counted.batches

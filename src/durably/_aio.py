@@ -110,6 +110,11 @@ async def _ready(value: Any) -> Any:
     return value
 
 
+def _never_now(call: Callable[..., Any], *args: Any) -> tuple[bool, Any]:
+    """The ``try_now`` of a storage without one: every call is made off the loop."""
+    return False, None
+
+
 class AsyncDurableWorkflowRuntime(RuntimeBase):
     """The asyncio flavour of :class:`DurableWorkflowRuntime`: same options, same names.
 
@@ -140,8 +145,8 @@ class AsyncDurableWorkflowRuntime(RuntimeBase):
         family = Family(self.max_runs, self.lease / 3)
         storage = self._storage
         many = batch_writer(storage)
-        try_now = getattr(storage, "try_now", None)
-        if many is not None and try_now is not None and is_blocking(storage):
+        if many is not None and is_blocking(storage):
+            try_now = getattr(storage, "try_now", None) or _never_now
             family.group = GroupCommit(self._write_one, many, try_now, self._off_loop)
         return family
 

@@ -11,7 +11,7 @@ import threading
 from typing import Any
 
 from .._records import ErrorInfo, StepRecord, StepStatus
-from .._storage import StepStorage
+from .._storage import StepStorage, batch_writer
 from ._suite import ContractSuite
 
 __all__ = ["StorageContract"]
@@ -163,6 +163,23 @@ class StorageContract(ContractSuite):
         assert read == [record.step_id for record in storage.list(workflow_id="wf")]
         assert [len(page) for page in pages][:2] == [3, 3] and len(pages) <= 3
         assert paged("nothing", None, 3) == ([], None)
+
+    def test_a_batch_writes_each_record_as_set_would(self, storage: StepStorage) -> None:
+        """An adapter that batches writes (the optional ``write_steps``) stores each record of
+        a batch as ``set`` would, in order: a COMPLETED record stays final and is handed back
+        in its place; the list and the order of first writes are those of single writes."""
+        batch = batch_writer(storage)  # what the runtime would use (see its rule on subclasses)
+        if batch is None:
+            return  # optional: the runtime writes one record at a time
+        storage.set(_completed("done", '"first"'))
+        results = batch([(_record("a"), None, 0), (_completed("b", '"2"'), None, 0),
+                         (_completed("done", '"second"'), None, 0),
+                         (_record("a", attempts=2), None, 0)])
+        assert results == [_record("a"), _completed("b", '"2"'), _completed("done", '"first"'),
+                           _record("a", attempts=2)]
+        assert storage.get("a") == _record("a", attempts=2)
+        assert [r.step_id for r in storage.list(workflow_id="wf")] == ["done", "a", "b"]
+        assert batch([]) == []
 
     def test_large_and_unusual_values(self, storage: StepStorage) -> None:
         """Long results and ids with any characters are stored as they are."""

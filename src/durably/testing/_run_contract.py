@@ -12,6 +12,7 @@ from typing import Any
 
 from .._errors import OwnershipLost, RunClosedError, RunNotFoundError
 from .._records import ErrorInfo, EventRecord, RunRecord, RunStatus, StepRecord, StepStatus
+from .._storage import batch_writer
 from ._suite import ContractSuite
 
 __all__ = ["RunStorageContract"]
@@ -237,6 +238,22 @@ class RunStorageContract(ContractSuite):
         assert [r.run_id for r in storage.list_runs(
             workflow="A.a", status=RunStatus.PENDING, due=T0, limit=None)] == ["r1"]
         assert storage.list_runs(after="no-such-run") == []  # an unknown cursor: nothing
+
+    def test_a_batch_of_fenced_writes_answers_each_write(self, storage: Any) -> None:
+        """An adapter that batches writes (the optional ``write_steps``) checks each fenced
+        write's fence as ``record_step`` does: a stale one is that write's ``OwnershipLost``
+        and writes nothing; the others of the batch are stored."""
+        batch = batch_writer(storage)  # what the runtime would use
+        if batch is None:
+            return  # optional
+        storage.create_run(_run("r"))
+        (claimed,) = storage.claim("w", T0, 10.0)
+        results = batch([(_step("r", "a"), "r", claimed.fence),
+                         (_step("r", "b"), "r", claimed.fence + 1),
+                         (_step("loose", "c"), None, 0)])
+        assert results[0] == _step("r", "a") and results[2] == _step("loose", "c")
+        assert isinstance(results[1], OwnershipLost)
+        assert storage.get("r/a") == _step("r", "a") and storage.get("r/b") is None
 
     def test_delete_run_takes_its_steps_and_events(self, storage: Any) -> None:
         """delete_run removes the run, its steps and its inbox, and nothing else."""

@@ -90,6 +90,12 @@ class RunTables:
         if row is None or row[0] != RunStatus.RUNNING.value or row[1] != fence:
             raise OwnershipLost(run_id, fence)
 
+    def _fence_check(self, run_id: str, fence: int) -> Callable[[Conn], None]:
+        """``_check_owned`` for ``run_id`` and ``fence``, as a step write's ``refused``."""
+        def refused(conn: Conn) -> None:
+            self._check_owned(conn, run_id, fence)
+        return refused
+
     def create_run(self, record: RunRecord) -> tuple[RunRecord, bool]:
         """Insert ``record`` unless its id exists; return (stored run, created)."""
         def work(conn: Conn) -> tuple[RunRecord, bool]:
@@ -205,8 +211,7 @@ class RunTables:
         params = (*record_to_row(record, self.where), run_id, fence)
         sql = self._sql_record[self._relaxed(record.status)]
 
-        return self._write_step(sql, params, record,
-                                lambda conn: self._check_owned(conn, run_id, fence))
+        return self._write_step(sql, params, record, self._fence_check(run_id, fence))
 
     def _write_step(self, sql: str, params: Sequence[Any], record: StepRecord,
                     refused: Callable[[Conn], None] | None = None) -> StepRecord:
@@ -214,17 +219,21 @@ class RunTables:
         a stale fence); return what is stored. A write that took place stored ``record``
         itself; when none did, ``refused(conn)`` raises if the fence is stale, and the
         stored (COMPLETED) record is read back (or, deleted meanwhile, written again)."""
-        def work(conn: Conn) -> StepRecord:
-            while not conn.execute(sql, params).rowcount:
-                if refused is not None:
-                    refused(conn)
-                row = conn.execute(self._sql_step_get, (record.step_id,)).fetchone()
-                if row is not None:
-                    return row_to_record(row, self.where)
-            return record
-
-        stored: StepRecord = self._run_work("writing step", work, record.step_id)
+        stored: StepRecord = self._run_work(
+            "writing step", lambda conn: self._put_step(conn, sql, params, record, refused),
+            record.step_id)
         return stored
+
+    def _put_step(self, conn: Conn, sql: str, params: Sequence[Any], record: StepRecord,
+                  refused: Callable[[Conn], None] | None) -> StepRecord:
+        """``_write_step``'s statements, on ``conn``."""
+        while not conn.execute(sql, params).rowcount:
+            if refused is not None:
+                refused(conn)
+            row = conn.execute(self._sql_step_get, (record.step_id,)).fetchone()
+            if row is not None:
+                return row_to_record(row, self.where)
+        return record
 
     def finish(self, run_id: str, fence: int, status: RunStatus, now: float, *,
                result: str | None = None, error: ErrorInfo | None = None) -> RunRecord:

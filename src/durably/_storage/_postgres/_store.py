@@ -16,13 +16,14 @@ write. Each guard lives in the statement's ``WHERE``, so READ COMMITTED suffices
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import psycopg
 
-from ..._errors import ConfigurationError
+from ..._errors import ConfigurationError, OwnershipLost, StorageError
 from ..._records import StepRecord, StepStatus
+from .._base import StepWrite
 from .._rows import RUN_COLUMNS, STEP_COLUMNS, record_to_row, row_to_record
 from ._connection import Database
 from ._runs import RELAXED, RunTables
@@ -179,6 +180,68 @@ class PostgresStorage(RunTables):
         """Store ``record`` unless a COMPLETED one is stored; return what is stored."""
         params = record_to_row(record, self.where)
         return self._write_step(self._sql_set[self._relaxed(record.status)], params, record)
+
+    def write_steps(self, writes: Sequence[StepWrite]
+                    ) -> builtins.list[StepRecord | BaseException]:
+        """Make several step writes in one transaction, so that they share one commit (and
+        one WAL flush): each ``(record, run_id, fence)`` as ``set(record)`` (``run_id``
+        None) or ``record_step(run_id, fence, record)`` would make it, in order. The commit
+        waits for its WAL flush unless every write in it is one that ``set`` would relax.
+
+        Returns, for each write, what is stored or the error that write alone met
+        (``OwnershipLost``, ``StorageError`` for text the server cannot store).
+
+        Raises:
+            StorageError: the server failed; nothing of the batch is written.
+        """
+        rows: builtins.list[tuple[Any, ...] | Exception] = []
+        for record, _, _ in writes:
+            try:
+                rows.append(record_to_row(record, self.where))
+            except StorageError as error:
+                rows.append(error)
+        relaxed = all(self._relaxed(record.status) for record, _, _ in writes)
+
+        statements: builtins.list[tuple[str, tuple[Any, ...], Callable[[Conn], None] | None]
+                                  | None] = []
+        for (_, run_id, fence), row in zip(writes, rows, strict=True):
+            if isinstance(row, Exception):
+                statements.append(None)
+            elif run_id is None:
+                statements.append((self._sql_set[False], row, None))
+            else:
+                statements.append((self._sql_record[False], (*row, run_id, fence),
+                                   self._fence_check(run_id, fence)))
+
+        def work(conn: Conn) -> builtins.list[StepRecord | BaseException]:
+            results: builtins.list[StepRecord | BaseException] = []
+            with conn.transaction():
+                # Every upsert in one round trip (a pipeline); only a write that wrote
+                # nothing (a COMPLETED record, a stale fence) needs statements of its own.
+                with conn.pipeline():
+                    if relaxed:
+                        conn.execute("SET LOCAL synchronous_commit = off")
+                    cursors = [None if statement is None
+                               else conn.execute(statement[0], statement[1])
+                               for statement in statements]
+                for (record, _, _), row, statement, cursor in zip(
+                        writes, rows, statements, cursors, strict=True):
+                    if isinstance(row, Exception):
+                        results.append(row)
+                    elif cursor is not None and cursor.rowcount:
+                        results.append(record)
+                    else:
+                        assert statement is not None
+                        try:
+                            results.append(self._put_step(conn, *statement[:2], record,
+                                                          statement[2]))
+                        except OwnershipLost as lost:
+                            results.append(lost)
+            return results
+
+        batch: builtins.list[StepRecord | BaseException] = self._run_work("writing steps",
+                                                                          work)
+        return batch
 
     def delete(self, step_id: str) -> bool:
         """Remove the record; return whether there was one."""
