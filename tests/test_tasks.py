@@ -183,3 +183,37 @@ def test_company_is_another_step_or_a_batch_on_its_way(steps: int, busy: bool,
     group = Script().group()
     group.steps, group.busy = steps, busy
     assert group.has_company() is company
+
+
+def test_a_new_loop_is_not_held_up_by_what_an_old_one_left() -> None:
+    """A batch that an event loop never finished (the loop was closed under it) does not
+    make the writes of the next loop wait forever: the group starts afresh on a new loop."""
+    script = Script()
+    group = script.group()
+    script.now_possible = False
+    forever: list[asyncio.Future[None]] = []
+
+    async def hang(call: Callable[..., Any], *args: Any) -> Any:
+        forever.append(asyncio.get_running_loop().create_future())
+        await forever[-1]
+
+    group._off_loop = hang
+
+    async def stranded() -> None:
+        asyncio.ensure_future(group.write((_record("old"), None, 0)))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert group.busy
+
+    old = asyncio.new_event_loop()
+    old.set_exception_handler(lambda loop, context: None)  # its stranded task, when collected
+    old.run_until_complete(stranded())
+    old.close()
+
+    script.now_possible = True
+
+    async def later() -> StepRecord:
+        return await asyncio.wait_for(group.write((_record("new"), None, 0)), timeout=10)
+
+    assert asyncio.run(later()).step_id == "new"
+    assert not group.busy

@@ -403,11 +403,11 @@ class AsyncDurableWorkflowRuntime(RuntimeBase):
         return self._counted(group, plan)
 
     async def _counted(self, group: GroupCommit, plan: StepPlan) -> Any:
-        group.steps += 1  # what tells the group commit that other writes may come
+        loop = group.step_started()  # what tells the group commit that other writes may come
         try:
             return await super()._durable(plan)
         finally:
-            group.steps -= 1
+            group.step_ended(loop)
 
     async def _off_loop(self, operation: Callable[..., Any], *args: Any) -> Any:
         family: Family = self._family

@@ -57,8 +57,28 @@ class GroupCommit:
         self._off_loop = off_loop
         self._pending: Batch = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.steps = 0      # durable steps in progress on this loop
         self.busy = False   # a batch is being committed off the loop
+
+    def _on(self, loop: asyncio.AbstractEventLoop) -> None:
+        # A runtime may outlive its loop (asyncio.run, then asyncio.run again): whatever an
+        # old loop left here (its writers, a batch it never finished) is dead with it, and
+        # must not make the new loop's writes wait for a flush that will never come.
+        if loop is not self._loop:
+            self._loop, self._pending, self.steps, self.busy = loop, [], 0, False
+
+    def step_started(self) -> asyncio.AbstractEventLoop:
+        """Count a durable step in progress; returns its loop, for :meth:`step_ended`."""
+        loop = asyncio.get_running_loop()
+        self._on(loop)
+        self.steps += 1
+        return loop
+
+    def step_ended(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Stop counting a step :meth:`step_started` counted on ``loop``."""
+        if loop is self._loop:
+            self.steps -= 1
 
     def has_company(self) -> bool:
         """Whether a write may share a commit: another step is in progress, or a batch is
@@ -68,6 +88,7 @@ class GroupCommit:
     def write(self, write: StepWrite) -> asyncio.Future[StepRecord]:
         """Queue ``write`` for this turn's commit; the future gives what is stored."""
         loop = asyncio.get_running_loop()
+        self._on(loop)
         future: asyncio.Future[StepRecord] = loop.create_future()
         self._pending.append((write, future))
         if len(self._pending) == 1 and not self.busy:
