@@ -192,6 +192,7 @@ def test_a_new_loop_is_not_held_up_by_what_an_old_one_left() -> None:
     group = script.group()
     script.now_possible = False
     forever: list[asyncio.Future[None]] = []
+    writers: list[asyncio.Future[Any]] = []
 
     async def hang(call: Callable[..., Any], *args: Any) -> Any:
         forever.append(asyncio.get_running_loop().create_future())
@@ -200,7 +201,7 @@ def test_a_new_loop_is_not_held_up_by_what_an_old_one_left() -> None:
     group._off_loop = hang
 
     async def stranded() -> None:
-        asyncio.ensure_future(group.write((_record("old"), None, 0)))
+        writers.append(asyncio.ensure_future(group.write((_record("old"), None, 0))))
         for _ in range(3):
             await asyncio.sleep(0)
         assert group.busy

@@ -8,6 +8,7 @@ Reading validates what a hand-edited or damaged row could break, so a bad row is
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from .._errors import StorageError
@@ -21,7 +22,8 @@ from .._records import (
     new_record,
 )
 
-__all__ = ["EVENT_COLUMNS", "HELD", "RUN_COLUMNS", "STEP_COLUMNS", "WAKING", "not_text",
+__all__ = ["EVENT_COLUMNS", "HELD", "RUN_COLUMNS", "STEP_COLUMNS", "WAKING", "batch_rows",
+           "not_text",
            "record_to_row", "row_to_event", "row_to_record", "row_to_run", "run_filter",
            "run_to_row"]
 
@@ -71,6 +73,19 @@ def record_to_row(record: StepRecord, where: str) -> tuple[Any, ...]:
         record.updated_at, record.completed_at, record.next_attempt_at,
         record.budget_started_at,
     )
+
+
+def batch_rows(records: Iterable[StepRecord], where: str
+               ) -> list[tuple[Any, ...] | StorageError]:
+    """``record_to_row`` of each record of a batch (``write_steps``), or the error that
+    record's text gives: that write's own answer, which does not stop the others."""
+    rows: list[tuple[Any, ...] | StorageError] = []
+    for record in records:
+        try:
+            rows.append(record_to_row(record, where))
+        except StorageError as error:
+            rows.append(error)
+    return rows
 
 
 def _time(row: tuple[Any, ...], index: int, field: str, required: bool) -> None:

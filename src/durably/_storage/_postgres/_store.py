@@ -21,10 +21,10 @@ from typing import Any, ClassVar
 
 import psycopg
 
-from ..._errors import ConfigurationError, OwnershipLost, StorageError
+from ..._errors import ConfigurationError, OwnershipLost
 from ..._records import StepRecord, StepStatus
 from .._base import StepWrite
-from .._rows import RUN_COLUMNS, STEP_COLUMNS, record_to_row, row_to_record
+from .._rows import RUN_COLUMNS, STEP_COLUMNS, batch_rows, record_to_row, row_to_record
 from ._connection import Database
 from ._runs import RELAXED, RunTables
 from ._schema import check_schema_name
@@ -194,12 +194,7 @@ class PostgresStorage(RunTables):
         Raises:
             StorageError: the server failed; nothing of the batch is written.
         """
-        rows: builtins.list[tuple[Any, ...] | Exception] = []
-        for record, _, _ in writes:
-            try:
-                rows.append(record_to_row(record, self.where))
-            except StorageError as error:
-                rows.append(error)
+        rows = batch_rows((record for record, _, _ in writes), self.where)
         relaxed = all(self._relaxed(record.status) for record, _, _ in writes)
 
         statements: builtins.list[tuple[str, tuple[Any, ...], Callable[[Conn], None] | None]

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 from ..._errors import ConfigurationError, OwnershipLost, StorageError
 from ..._records import StepRecord, StepStatus
 from .._base import StepWrite
-from .._rows import not_text, record_to_row, row_to_record
+from .._rows import batch_rows, not_text, record_to_row, row_to_record
 from ._connection import (
     busy,
     check_location,
@@ -368,12 +368,7 @@ class SqliteStepStorage(RunTables):
         Raises:
             StorageError: the database failed; nothing of the batch is written.
         """
-        rows: builtins.list[tuple[Any, ...] | Exception] = []
-        for record, _, _ in writes:
-            try:
-                rows.append(record_to_row(record, self.path))
-            except StorageError as error:
-                rows.append(error)
+        rows = batch_rows((record for record, _, _ in writes), self.path)
         results: builtins.list[StepRecord | BaseException] = []
         with self._lock:
             conn = self._writable()
