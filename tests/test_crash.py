@@ -1,10 +1,13 @@
-"""Real crashes: a child process is killed with SIGKILL, then the workflow is run again."""
+"""Real crashes: a child process is killed with SIGKILL, then the workflow is run again
+(sync steps, retries, and asyncio steps whose writes share commits)."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -102,3 +105,58 @@ def test_sigkill_during_a_retry_wait_keeps_the_count_and_the_schedule(tmp_path: 
     assert output["result"][1] == {"charged": 12.5, "attempt": 2}
     assert [(name, attempt) for name, attempt, _ in _runs(log)] == [
         ("reserve", 1), ("charge", 1), ("charge", 2), ("ship", 1)]
+
+
+GATHER = Path(__file__).with_name("gather_child.py")
+
+
+@pytest.mark.parametrize("durability", ["normal", "full"])
+def test_sigkill_among_steps_that_share_commits_loses_and_repeats_nothing(
+        tmp_path: Path, durability: str) -> None:
+    """Steps awaited together commit their records in shared transactions. Killed at any
+    moment, each step is either recorded COMPLETED (and never runs again) or not recorded
+    as done (and the rerun runs it); the rerun finishes every step with its own result."""
+    # (handler runs logged, then a pause): while handlers wait, and around the commit of a
+    # batch's outcomes (the handlers of a batch wait 2 ms, then their records commit).
+    kill_points = ((1, 0.0), (7, 0.0), (10, 0.0024), (15, 0.0), (20, 0.0021), (26, 0.0),
+                   (30, 0.0026), (38, 0.0))
+    for k, (kill_after, pause) in enumerate(kill_points):
+        db, log = tmp_path / f"fan-{k}.db", tmp_path / f"fan-{k}.log"
+        child = subprocess.Popen([sys.executable, str(GATHER), str(db), str(log), durability],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 env=_env())
+        deadline = time.monotonic() + 60
+        while not log.exists() or len(log.read_text().splitlines()) < kill_after:
+            assert child.poll() is None, child.communicate()
+            assert time.monotonic() < deadline, "the child never reached the kill point"
+            time.sleep(0.0005)
+        time.sleep(pause)
+        os.kill(child.pid, signal.SIGKILL)
+        child.communicate(timeout=30)
+        assert child.returncode == -signal.SIGKILL
+        store = SqliteStepStorage(db)
+        done_before = {math.isqrt(int(r.result or "0")) for r in store.list()
+                       if r.status is StepStatus.COMPLETED}
+        store.close()
+        assert len(done_before) < 40, "killed after the last step: nothing was tested"
+
+        rerun = subprocess.Popen([sys.executable, str(GATHER), str(db), str(log), durability],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 env=_env())
+        out, err = rerun.communicate(timeout=120)
+        assert rerun.returncode == 0, err
+        finished = json.loads(out)
+        assert finished["results"] == [n * n for n in range(40)]
+        ran_again = {int(n) for n, pid in (line.split() for line in log.read_text().splitlines())
+                     if int(pid) == rerun.pid}
+        assert finished["batched"] > 0 or len(ran_again) < 2  # steps did share commits
+        assert not ran_again & done_before, (kill_after, pause, sorted(ran_again & done_before))
+        assert ran_again | done_before == set(range(40))
+        store = SqliteStepStorage(db)
+        records = store.list(workflow_id="fan")
+        store.close()
+        assert sorted(int(r.result or "-1") for r in records) == [n * n for n in range(40)]
+        assert {r.status for r in records} == {StepStatus.COMPLETED}
+        conn = sqlite3.connect(db)
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        conn.close()
