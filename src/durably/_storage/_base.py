@@ -45,8 +45,9 @@ class StepStorage(Protocol):
     stored or the exception that write alone raised, committing the rest together (or
     raises ``StorageError`` and writes none). The asyncio runtime then commits the writes
     its concurrent steps make in one turn of the event loop together, one commit for all
-    (``SqliteStepStorage`` has it). A subclass that overrides ``set`` or ``record_step``
-    is written one record at a time, unless it overrides ``write_steps`` too.
+    (``SqliteStepStorage`` and ``PostgresStorage`` have it). A subclass that overrides
+    ``set`` or ``record_step`` is written one record at a time, unless it overrides
+    ``write_steps`` too.
 
     An adapter whose processes run on many machines may also offer ``server_time()``: the
     time on the store's own clock, which a runtime built without a ``clock`` then reads, so
