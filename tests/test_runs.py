@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 
 from durably import (
+    AsyncDurableWorkflowRuntime,
     ConfigurationError,
+    DurableWorkflowRuntime,
     InMemoryStepStorage,
     RecoveryReport,
     RetryPolicy,
@@ -502,3 +504,66 @@ def test_close_hands_back_runs_that_have_not_started() -> None:
     record = second.status()
     assert record.status is RunStatus.PENDING and record.recovery_count == 0
     assert record.owner is None
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_runs_waiting_for_a_worker_keep_their_leases(tmp_path: Path, flavour: str) -> None:
+    """recover() claims a backlog longer than its workers: the runs still waiting for a
+    worker are owned, and the heartbeat renews their leases like those executing, so another
+    process cannot take them over (and count a recovery) before they even start. Real time:
+    a 1.2 s lease, renewed every 0.4 s, against a 3 s wait."""
+    path = tmp_path / "runs.db"
+    submitter = DurableWorkflowRuntime(storage=SqliteStepStorage(path))
+    for n in range(3):
+        submitter.start("Slow.job", n, run_id=f"job-{n}")
+    submitter.close()
+    gate = threading.Event()
+
+    def other_takes() -> list[str]:
+        other = DurableWorkflowRuntime(storage=SqliteStepStorage(path), lease=1.2)
+        other.workflow("Slow.job")(lambda n: n)
+        claimed = list(other.recover().claimed)
+        other.close()
+        return claimed
+
+    if flavour == "sync":
+        runtime = DurableWorkflowRuntime(storage=SqliteStepStorage(path), lease=1.2,
+                                         max_runs=1)
+        runtime.workflow("Slow.job")(lambda n: gate.wait(10) and n)
+        assert sorted(runtime.recover().claimed) == ["job-0", "job-1", "job-2"]
+        time.sleep(3.0)  # two and a half leases: only the heartbeat keeps them
+        taken = other_takes()
+        gate.set()
+        deadline = time.monotonic() + 30
+        while len(runtime.list_runs(status=RunStatus.COMPLETED)) < 3:
+            assert time.monotonic() < deadline, "the backlog never finished"
+            time.sleep(0.01)
+        runtime.close()
+    else:
+        async def main() -> list[str]:
+            runtime = AsyncDurableWorkflowRuntime(storage=SqliteStepStorage(path), lease=1.2,
+                                                  max_runs=1)
+
+            @runtime.workflow("Slow.job")
+            async def job(n: int) -> int:
+                while not gate.is_set():
+                    await asyncio.sleep(0.01)
+                return n
+
+            assert sorted((await runtime.recover()).claimed) == ["job-0", "job-1", "job-2"]
+            await asyncio.sleep(3.0)
+            taken = await asyncio.to_thread(other_takes)
+            gate.set()
+            deadline = time.monotonic() + 30
+            while len(await runtime.list_runs(status=RunStatus.COMPLETED)) < 3:
+                assert time.monotonic() < deadline, "the backlog never finished"
+                await asyncio.sleep(0.01)
+            await runtime.aclose()
+            return taken
+
+        taken = asyncio.run(main())
+    assert taken == []
+    check = SqliteStepStorage(path)
+    runs = check.list_runs(limit=None)
+    check.close()
+    assert [(r.status, r.recovery_count) for r in runs] == [(RunStatus.COMPLETED, 0)] * 3

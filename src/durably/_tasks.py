@@ -235,12 +235,17 @@ class Family:
         self._leases.pop(run_id, None)
         self.notify()
 
+    def _owned(self) -> dict[str, int]:
+        # The runs executing here and those dispatched and waiting for a slot: a long
+        # backlog must not lose the runs at its end to another process before they start.
+        return {**{run_id: fence for run_id, (fence, _) in self._runs.items()}, **self._leases}
+
     async def _beat(self, renew: Renew) -> None:
-        while not self.closed and self._leases:
+        while not self.closed and self._owned():
             await asyncio.sleep(self._heartbeat_every)
-            if self.closed or not self._leases:
+            leases = self._owned()
+            if self.closed or not leases:
                 break
-            leases = dict(self._leases)
             try:
                 await renew(leases)
             except Exception:  # a storage hiccup: try again at the next beat

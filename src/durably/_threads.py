@@ -136,7 +136,9 @@ class Family:
             self._changed.notify_all()
 
     def _beat(self, renew: Renew) -> None:
-        # One heartbeat for every lease of the family, every lease / 3 seconds of real time.
+        # One heartbeat for every lease of the family, every lease / 3 seconds of real time:
+        # the runs executing here and those claimed and waiting for a worker (a long backlog
+        # must not lose the runs at its end to another process before they even start).
         # It lingers a while with no lease to renew: starting a thread costs more than a
         # short run, and runs tend to come in series.
         idle_until = time.monotonic() + max(10.0, 5 * self._heartbeat_every)
@@ -145,13 +147,13 @@ class Family:
             # every short run a thread switch.
             self._stopping.wait(self._heartbeat_every)
             with self._changed:
-                if self.closed or (not self._leases and time.monotonic() > idle_until):
+                leases = {**self._queued, **self._leases}
+                if self.closed or (not leases and time.monotonic() > idle_until):
                     self._heartbeat = None
                     return
-                if not self._leases:
+                if not leases:
                     continue
                 idle_until = time.monotonic() + max(10.0, 5 * self._heartbeat_every)
-                leases = dict(self._leases)
             try:
                 renew(leases)
             except Exception:  # a storage hiccup: try again at the next beat
