@@ -22,11 +22,13 @@ from durably import (
     InMemoryStepStorage,
     JsonCodec,
     NonRetryableError,
+    RetryAfterError,
     RetryPolicy,
     SqliteStepStorage,
     StepRecord,
     StepStatus,
     StepStorage,
+    current_step,
 )
 from durably._core import Handoff
 from durably.testing import FakeClock
@@ -232,6 +234,110 @@ def test_steps_inside_a_run(make_storage: Callable[[str], StepStorage]) -> None:
     assert _step_shapes(straight[1]) == _step_shapes(machine[1])
 
 
+class Scripted:
+    """Raises the errors of ``script`` in turn (None: returns), noting each attempt number."""
+
+    def __init__(self, *script: BaseException | None, clock: FakeClock | None = None,
+                 advance: float = 0.0) -> None:
+        self.script = list(script)
+        self.attempts: list[int] = []
+        self.clock, self.advance = clock, advance
+
+    def __call__(self, data: Any) -> Any:
+        step = current_step()
+        assert step is not None
+        self.attempts.append(step.attempt)
+        if self.clock is not None:
+            self.clock.advance(self.advance)
+        error = self.script.pop(0) if self.script else None
+        if error is not None:
+            raise error
+        return {"attempt": step.attempt}
+
+
+@pytest.mark.parametrize("script", [
+    # retried at once twice, then succeeds: straight all the way
+    (ConnectionError("a"), ConnectionError("b"), None),
+    # at once, then a wait the handler asks for: the machine records RETRYING and sleeps
+    (ConnectionError("a"), RetryAfterError(2.5), None),
+    # at once, then an error never retried: FAILED
+    (ConnectionError("a"), NonRetryableError("no")),
+    # a TypeError raised inside the handler (not the call's): retried like any error
+    (TypeError("inside"), None),
+    # at once until the budget is spent: FAILED with the last error
+    (ConnectionError("a"), ConnectionError("b"), ConnectionError("c")),
+    # at once, then interrupted: RUNNING, attempt 2, carrying the first error; the next
+    # call continues the budget
+    (ConnectionError("a"), KeyboardInterrupt()),
+], ids=["twice-then-ok", "then-wait", "then-non-retryable", "inner-type-error", "spent",
+        "then-interrupted"])
+def test_retries_at_once_on_the_straight_path(
+        make_storage: Callable[[str], StepStorage], script: tuple[Any, ...]) -> None:
+    def scenario(runtime: DurableWorkflowRuntime, storage: StepStorage) -> list[Any]:
+        handler = Scripted(*script)
+        runtime.register("Test.scripted", handler)
+        results = [outcome(lambda: runtime.do("Test.scripted", 1)) for _ in range(2)]
+        return [*results, handler.attempts]
+
+    straight, machine = both_ways(scenario, make_storage)
+    assert _without_tracebacks(straight) == _without_tracebacks(machine)
+
+
+def test_an_interrupted_retry_leaves_its_marker_with_the_error_before_it(
+        make_storage: Callable[[str], StepStorage]) -> None:
+    def scenario(runtime: DurableWorkflowRuntime, storage: StepStorage) -> list[Any]:
+        runtime.register("Test.scripted", Scripted(ConnectionError("first"),
+                                                   KeyboardInterrupt()))
+        return [outcome(lambda: runtime.do("Test.scripted", 1))]
+
+    straight, machine = both_ways(scenario, make_storage)
+    assert _without_tracebacks(straight) == _without_tracebacks(machine)
+    row = straight[1][-1]
+    assert row["status"] is StepStatus.RUNNING and row["attempts"] == 2
+    assert row["error"]["type"] == "ConnectionError" and row["error"]["message"] == "first"
+
+
+def test_a_retry_past_max_elapsed_gives_up_on_both_paths(
+        make_storage: Callable[[str], StepStorage]) -> None:
+    """Each attempt takes 4 s of fake time; max_elapsed=6 stops the third."""
+    def scenario(runtime: DurableWorkflowRuntime, storage: StepStorage) -> list[Any]:
+        clock = runtime.clock
+        assert isinstance(clock, FakeClock)
+        handler = Scripted(*[ConnectionError("slow")] * 5, clock=clock, advance=4.0)
+        runtime.register("Test.slow", handler)
+        return [outcome(lambda: runtime.do("Test.slow", 1)), handler.attempts]
+
+    straight, machine = both_ways(scenario, make_storage,
+                                  RetryPolicy(max_attempts=5, initial_delay=0, max_elapsed=6))
+    assert _without_tracebacks(straight) == _without_tracebacks(machine)
+    assert straight[0][1] == [1, 2]
+
+
+def test_a_step_completed_elsewhere_between_attempts_is_not_run_again(
+        make_storage: Callable[[str], StepStorage]) -> None:
+    """Another process completes the step while an attempt fails: the next marker's write
+    hands back that COMPLETED record, whose result is returned without another attempt."""
+    def scenario(runtime: DurableWorkflowRuntime, storage: StepStorage) -> list[Any]:
+        calls: list[int] = []
+
+        def racing(data: Any) -> Any:
+            step = current_step()
+            assert step is not None
+            calls.append(step.attempt)
+            stored = storage.get(step.step_id)
+            assert stored is not None
+            storage.set(dataclasses.replace(stored, status=StepStatus.COMPLETED,
+                                            result='{"from": "elsewhere"}', completed_at=100.0))
+            raise ConnectionError("lost the race")
+
+        runtime.register("Test.racing", racing)
+        return [outcome(lambda: runtime.do("Test.racing", 1)), calls]
+
+    straight, machine = both_ways(scenario, make_storage)
+    assert straight == machine
+    assert straight[0] == [("returned", {"from": "elsewhere"}), [1]]
+
+
 def test_the_sync_runtime_takes_the_straight_path_without_hooks(
         monkeypatch: pytest.MonkeyPatch) -> None:
     answers: list[Any] = []
@@ -250,6 +356,15 @@ def test_the_sync_runtime_takes_the_straight_path_without_hooks(
     again.do(ok, 2)  # a replay from the view
     assert [type(answer) is Handoff for answer in answers] == [True, False, True, False]
     assert answers[1::2] == [{"echo": 2}, {"echo": 2}]
+
+    quick = DurableWorkflowRuntime(clock=FakeClock(), workflow_id="quick",
+                                   retry_policy=RETRY_AT_ONCE)
+    flaky = Flaky(2)
+    quick.register("Test.flaky", flaky)
+    quick.do(ok, 1)  # reads history
+    quick.do("Test.flaky", 1)  # two failures retried at once: no hand-over
+    assert type(answers[-1]) is not Handoff and flaky.calls == 3
+    del answers[-2:]
 
     hooked = DurableWorkflowRuntime(clock=FakeClock(), on_step_complete=lambda s, r: None)
     hooked.do(ok, 1)

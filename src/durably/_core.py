@@ -40,7 +40,7 @@ from ._records import (
     new_record,
 )
 from ._registry import Handler
-from ._retry import RetryPolicy, decide_retry
+from ._retry import RETRY_AT_ONCE, RetryPolicy, decide_retry
 from ._view import WorkflowView
 
 if TYPE_CHECKING:
@@ -440,16 +440,19 @@ def straight_step(
     commands with plain blocking calls may call this instead of driving ``durable_step``,
     but only when nothing it skips could happen: no hooks are set and the policy has no
     timeout (the caller checks both). ``store(record, run)`` is the driver's answer to
-    :class:`Write`. It does what the machine does on its busiest road:
+    :class:`Write`. It does what the machine does on its busiest roads:
 
     * a replay (a COMPLETED record in the view) returns the decoded result;
-    * a new step writes its RUNNING marker, runs the handler once, writes COMPLETED.
+    * a new step writes its RUNNING marker, runs the handler, writes COMPLETED;
+    * a failed attempt that the policy retries at once (``decide_retry``, the machine's own
+      decision) writes the next attempt's marker, which carries the error, and runs again.
 
-    At the first sign of anything else (history to read, an unfinished record, a failed
-    attempt, an awaitable or unencodable result) it returns a :class:`Handoff` to the
-    machine, entered at exactly that point (``durable_step``'s ``resume`` and ``ran``), so
-    every rule about retries, failures and refusals stays in one place.
-    tests/test_straight.py runs each case both ways and compares records and results.
+    At the first sign of anything else (history to read, an unfinished record, a failure
+    that gives up, waits or may be a call that does not fit, an awaitable or unencodable
+    result) it returns a :class:`Handoff` to the machine, entered at exactly that point
+    (``durable_step``'s ``resume`` and ``ran``), so every other rule about retries, failures
+    and refusals stays in one place. tests/test_straight.py runs each case both ways and
+    compares records, results, errors and sleeps.
     """
     view = plan.view
     assert view is not None, "a durable plan has a view"
@@ -464,22 +467,40 @@ def straight_step(
             return Handoff(durable_step(plan, codec, _SILENT, now, resume=stored))
         handler = plan.resolve()
         run = plan.run
-        started = now()
-        marker = new_record(step_id=step_id, workflow_id=plan.workflow_id, action=plan.action,
-                            status=RUNNING, attempts=1, created_at=started, started_at=started,
-                            updated_at=started, budget_started_at=started)
-        written = store(marker, run)
-        view.note(written)
-        if written.status is COMPLETED:  # another process or thread finished it
-            return decode_stored(codec, written)
-        token = enter_step(plan, 1, plan.local_id)
-        try:
-            value = handler(plan.context, *plan.args)
-        except Exception as error:
-            return Handoff(durable_step(plan, codec, _SILENT, now, resume=marker,
-                                        ran=AttemptOutcome(error=error)))
-        finally:
-            leave_step(token)
+        created = started = now()
+        attempts, error_info = 1, None
+        while True:
+            marker = new_record(step_id=step_id, workflow_id=plan.workflow_id,
+                                action=plan.action, status=RUNNING, error=error_info,
+                                attempts=attempts, created_at=created, started_at=started,
+                                updated_at=started, budget_started_at=created)
+            written = store(marker, run)
+            view.note(written)
+            if written.status is COMPLETED:  # another process or thread finished it
+                return decode_stored(codec, written)
+            token = enter_step(plan, attempts, plan.local_id)
+            try:
+                value = handler(plan.context, *plan.args)
+            except Exception as error:
+                # The machine's decision, made here only to take its commonest answer, "at
+                # once"; any other (give up, wait, a TypeError that may be the call's own)
+                # is the machine's to carry out, and it decides again from the same facts.
+                t = now()
+                decision = None if type(error) is TypeError else decide_retry(
+                    plan.policy, attempts=attempts, error=error, now=t,
+                    budget_started_at=created, workflow_id=plan.workflow_id, step_id=step_id)
+                if decision is not RETRY_AT_ONCE:
+                    return Handoff(durable_step(plan, codec, _SILENT, now, resume=marker,
+                                                ran=AttemptOutcome(error=error)))
+                # As the machine does: no RETRYING record for a retry without a wait; the
+                # next marker carries the error and counts the attempt.
+                error_info = ErrorInfo.from_exception(error, with_traceback=False)
+                attempts += 1
+                started = now()
+                continue
+            finally:
+                leave_step(token)
+            break
         if type(value) not in _PLAIN_VALUES:  # maybe awaitable, maybe not encodable
             return Handoff(durable_step(plan, codec, _SILENT, now, resume=marker,
                                         ran=AttemptOutcome(value=value)))
@@ -490,9 +511,9 @@ def straight_step(
                                         ran=AttemptOutcome(value=value)))
         t = now()
         mine = new_record(step_id=step_id, workflow_id=plan.workflow_id, action=plan.action,
-                          status=COMPLETED, result=encoded, attempts=1, created_at=started,
-                          started_at=started, updated_at=t, completed_at=t,
-                          budget_started_at=started)
+                          status=COMPLETED, result=encoded, attempts=attempts,
+                          created_at=created, started_at=started, updated_at=t, completed_at=t,
+                          budget_started_at=created)
         written = store(mine, run)
         view.note(written)
         return value if same_value and written is mine else decode_stored(codec, written)

@@ -33,8 +33,8 @@ from ._errors import (
 )
 
 __all__ = [
-    "MAX_SECONDS", "RetryDecision", "RetryPolicy", "backoff_delay", "decide_retry",
-    "jitter_fraction", "requested_delay",
+    "MAX_SECONDS", "RETRY_AT_ONCE", "RetryDecision", "RetryPolicy", "backoff_delay",
+    "decide_retry", "jitter_fraction", "requested_delay",
 ]
 
 MAX_SECONDS = float(threading.TIMEOUT_MAX)
@@ -174,8 +174,9 @@ class RetryDecision:
         return f"RetryDecision(retry={self.retry}, delay={self.delay}, reason={self.reason!r})"
 
 
-_RETRY_AT_ONCE = RetryDecision(True)
-"""The decision of every retry without a wait (the common case of a zero initial delay)."""
+RETRY_AT_ONCE = RetryDecision(True)
+"""The decision of every retry without a wait (the common case of a zero initial delay):
+``decide_retry`` returns this very object, so a caller may test for it with ``is``."""
 
 
 def jitter_fraction(workflow_id: str, step_id: str, retry_number: int) -> float:
@@ -266,4 +267,4 @@ def decide_retry(
         return RetryDecision(
             False, reason=f"the next attempt would start past max_elapsed={policy.max_elapsed} s"
         )
-    return _RETRY_AT_ONCE if delay == 0 else RetryDecision(True, delay=delay)
+    return RETRY_AT_ONCE if delay == 0 else RetryDecision(True, delay=delay)
