@@ -281,11 +281,14 @@ class RunTables:
     def record_step(self, run_id: str, fence: int, record: StepRecord) -> StepRecord:
         """Check the run's fence and write the step, in one statement."""
         row = record_to_row(record, self.path)
-        with self._lock, self._guarded("writing", record.step_id):
-            conn = self._writable()
-            if record.status in _OUTCOMES and self._outcome_conn is not None:
-                conn = self._outcome_conn
-            return self._put_fenced(conn, run_id, fence, record, row)
+        with self._lock:
+            try:  # what _guarded does, without a generator: two of these per step of a run
+                conn = self._writable()
+                if record.status in _OUTCOMES and self._outcome_conn is not None:
+                    conn = self._outcome_conn
+                return self._put_fenced(conn, run_id, fence, record, row)
+            except sqlite3.Error as error:
+                raise self._failure(error, "writing", record.step_id) from error
 
     def _put_fenced(self, conn: sqlite3.Connection, run_id: str, fence: int,
                     record: StepRecord, row: tuple[Any, ...]) -> StepRecord:
