@@ -1,5 +1,6 @@
 """Turning records into rows and back, in one place, for every SQL backend (SQLite and
-PostgreSQL store the same columns, in the same order).
+PostgreSQL store the same columns, in the same order), and the SQL both backends share to
+select runs.
 
 Reading validates what a hand-edited or damaged row could break, so a bad row is a
 :class:`~durably.StorageError` naming the step and the field rather than a wrong answer later.
@@ -23,9 +24,8 @@ from .._records import (
 )
 
 __all__ = ["EVENT_COLUMNS", "HELD", "RUN_COLUMNS", "STEP_COLUMNS", "WAKING", "batch_rows",
-           "not_text",
-           "record_to_row", "row_to_event", "row_to_record", "row_to_run", "run_filter",
-           "run_to_row"]
+           "not_text", "record_to_row", "row_to_event", "row_to_record", "row_to_run",
+           "run_filter", "run_to_row"]
 
 # The columns of a step row, in the order rows are read and written.
 STEP_COLUMNS = (
