@@ -149,10 +149,13 @@ class RunStorageContract(ContractSuite):
         storage.create_run(_run("mine"))
         storage.create_run(_run("lost"))
         claimed = {r.run_id: r.fence for r in storage.claim("w1", T0, 10.0)}
-        storage.claim("w2", T0 + 11, 10.0, run_id="lost")  # taken over
+        (taken,) = storage.claim("w2", T0 + 11, 10.0, run_id="lost")  # taken over
         assert storage.renew("w1", claimed, T0 + 12, 10.0) == {"mine"}
         assert storage.get_run("mine").lease_until == T0 + 22
         assert storage.get_run("lost").owner == "w2"
+        assert storage.renew("w2", {"lost": taken.fence}, T0 + 13, 10.0) == {"lost"}
+        assert storage.get_run("lost").lease_until == T0 + 23
+        assert storage.renew("w2", {}, T0 + 14, 10.0) == set()
 
     def test_fenced_step_writes_are_refused_after_a_takeover(self, storage: Any) -> None:
         """record_step writes under the current fence and raises OwnershipLost (writing
