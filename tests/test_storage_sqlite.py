@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -526,4 +527,29 @@ def test_write_steps_with_full_durability_syncs_the_batch_once(tmp_path: Path) -
     assert {level for _, level in markers} == {normal}
     assert {level for _, level in statements} == {full}
     assert [kind for kind, _ in statements].count("COMMIT") == 1
+    store.close()
+
+
+def test_a_finish_after_an_on_loop_call_waits_for_another_writer(tmp_path: Path) -> None:
+    """try_now leaves SQLite's busy timeout at zero between on-loop calls; every write that
+    may wait (here a run's finish, made off the loop) gives it back first, so it waits for
+    another connection's write lock instead of failing with "database is locked"."""
+    store = SqliteStepStorage(tmp_path / "steps.db")
+    store.create_run(RunRecord(run_id="r", workflow="A.b", status=RunStatus.PENDING,
+                               input="1", input_hash="h", wake_at=0.0))
+    (claimed,) = store.claim("w", 1.0, 60.0)
+    assert store.try_now(store.record_step, "r", claimed.fence,
+                         _record("r/1", workflow_id="r")) == (True, _record("r/1",
+                                                                            workflow_id="r"))
+    other = sqlite3.connect(tmp_path / "steps.db", isolation_level=None,
+                            check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(0.3, lambda: other.execute("COMMIT"))
+    release.start()
+    try:
+        finished = store.finish("r", claimed.fence, RunStatus.COMPLETED, 2.0, result="1")
+    finally:
+        release.join()
+        other.close()
+    assert finished.status is RunStatus.COMPLETED
     store.close()

@@ -159,14 +159,21 @@ class RunTables:
         except sqlite3.Error as error:
             raise self._failure(error, what, subject) from error
 
+    def _writer(self, outcome: bool) -> sqlite3.Connection:
+        """The connection a write is made on (under the lock): for an ``outcome`` the one
+        that syncs it with "full", else the store's own; always through ``_writable``, which
+        refuses a read-only store and gives back the busy timeout ``try_now`` left at zero."""
+        conn = self._writable()
+        if outcome and self._outcome_conn is not None:
+            return self._outcome_conn
+        return conn
+
     def _atomic(self, what: str, work: Callable[[sqlite3.Connection], _T], *,
                 outcome: bool = False, subject: str | None = None) -> _T:
         """Run ``work(conn)`` inside ``BEGIN IMMEDIATE`` (on the outcome connection when
         ``outcome``, so that "full" durability syncs it)."""
         with self._lock, self._guarded(what, subject):
-            conn = self._writable()
-            if outcome and self._outcome_conn is not None:
-                conn = self._outcome_conn
+            conn = self._writer(outcome)
             with transaction(conn):
                 return work(conn)
 
@@ -283,10 +290,8 @@ class RunTables:
         row = record_to_row(record, self.path)
         with self._lock:
             try:  # what _guarded does, without a generator: two of these per step of a run
-                conn = self._writable()
-                if record.status in _OUTCOMES and self._outcome_conn is not None:
-                    conn = self._outcome_conn
-                return self._put_fenced(conn, run_id, fence, record, row)
+                return self._put_fenced(self._writer(record.status in _OUTCOMES), run_id,
+                                        fence, record, row)
             except sqlite3.Error as error:
                 raise self._failure(error, "writing", record.step_id) from error
 
@@ -312,8 +317,7 @@ class RunTables:
         params = (status.value, result, text, now, now, run_id, fence)
         if _RETURNING:  # one statement: the fenced update hands the run back
             with self._lock, self._guarded("finishing run", run_id):
-                conn = self._outcome_conn or self._writable()
-                row = conn.execute(self._sql_finish + f" RETURNING {_RUN_COLUMNS}",
+                row = self._writer(True).execute(self._sql_finish + f" RETURNING {_RUN_COLUMNS}",
                                    params).fetchone()
             if row is None:
                 raise OwnershipLost(run_id, fence)

@@ -331,11 +331,8 @@ class SqliteStepStorage(RunTables):
         """
         row = record_to_row(record, self.path)
         with self._lock:
-            conn = self._writable()
-            if record.status in _OUTCOMES and self._outcome_conn is not None:
-                conn = self._outcome_conn
             try:
-                return self._put(conn, record, row)
+                return self._put(self._writer(record.status in _OUTCOMES), record, row)
             except sqlite3.Error as error:
                 raise self._failure(error, "writing", record.step_id) from error
 
@@ -371,10 +368,9 @@ class SqliteStepStorage(RunTables):
         rows = batch_rows((record for record, _, _ in writes), self.path)
         results: builtins.list[StepRecord | BaseException] = []
         with self._lock:
-            conn = self._writable()
-            if self._outcome_conn is not None and any(
-                    record.status in _OUTCOMES for record, _, _ in writes):
-                conn = self._outcome_conn  # "full": the one commit syncs them all
+            # "full": a batch holding an outcome commits on the connection that syncs it, so
+            # the one commit syncs them all.
+            conn = self._writer(any(record.status in _OUTCOMES for record, _, _ in writes))
             try:
                 with transaction(conn):
                     for (record, run_id, fence), row in zip(writes, rows, strict=True):
