@@ -492,18 +492,16 @@ class AsyncDurableWorkflowRuntime(RuntimeBase):
 
     async def _write(self, command: Write) -> StepRecord:
         run = command.run
+        write = (command.record, None, 0) if run is None else (command.record, run.run_id,
+                                                                run.fence)
         group: GroupCommit | None = self._family.group
         if group is not None and group.has_company():  # one commit with other tasks' writes
-            return await group.write((command.record, None, 0) if run is None
-                                     else (command.record, run.run_id, run.fence))
-        if run is None:
-            written: StepRecord = await self._store(self._storage.set, command.record)
-        else:
-            written = await self._store(self._runs.record_step, run.run_id, run.fence,
-                                        command.record)
+            return await group.write(write)
+        written: StepRecord = await self._store(self._write_one, write)
         return written
 
     def _write_one(self, write: StepWrite) -> StepRecord:
+        """Make one step write: ``set``, or ``record_step`` under the run's fence."""
         record, run_id, fence = write
         if run_id is None:
             return self._storage.set(record)
